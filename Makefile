@@ -1,0 +1,51 @@
+# The verbs a newcomer needs. `make run` and `make test` set up everything they use, idempotently.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
+
+.DEFAULT_GOAL := help
+.PHONY: help venv stack-up stack-down stack-status migrate run test lint typecheck bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+venv: $(STAMP) ## create .venv and install the project with its dev tools
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+stack-up: venv ## start (or reuse) Kafka, Redis and PostgreSQL, installing what is missing
+	$(PY) -m deploy.localstack up
+
+stack-down: ## stop what stack-up started (never a reused server)
+	@if [ -x $(PY) ]; then $(PY) -m deploy.localstack down; else echo "nothing to stop (no .venv)"; fi
+
+stack-status: venv ## report each component of the stack
+	$(PY) -m deploy.localstack status
+
+migrate: stack-up ## apply the database migrations
+	$(PY) -m app.migrate
+
+run: migrate ## run the worker and its web server on SOMA_WEB_PORT (6066)
+	$(VENV)/bin/faust -A app worker -l info
+
+lint: venv ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv ## mypy --strict on the app code
+	$(VENV)/bin/mypy
+
+test: lint typecheck migrate ## quality gates, then the whole suite against the real servers
+	$(VENV)/bin/pytest
+
+bench: migrate ## benchmarks: print figures beside a baseline measured in the same run
+	$(VENV)/bin/pytest -p no:cacheprovider -o testpaths=tests/bench tests/bench -s
+
+clean: stack-down ## stop the stack and remove the virtualenv and local data
+	rm -rf $(VENV) .stack

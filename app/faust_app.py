@@ -1,0 +1,71 @@
+"""The Faust application, built from :class:`Settings` with explicit arguments only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import cache
+from typing import Any
+
+import faust
+from mode import ServiceT
+
+from app.producer import IdempotentProducer
+from app.resources import Resources
+from app.settings import Settings
+from app.topics import Topics
+
+# agents, tables and views register themselves on the app when faust scans these packages
+DISCOVERED = ["tables", "agents", "views"]
+
+
+class SomaApp(faust.App):
+    """faust.App holding our settings, shared connections and topic catalogue."""
+
+    def __init__(self, settings: Settings, **overrides: Any) -> None:
+        options: dict[str, Any] = {
+            # env={}: faust reads BROKER_URL, WEB_PORT, ... from os.environ and lets them override the
+            # constructor's arguments; our settings are the one source of truth
+            "env": {},
+            "broker": f"kafka://{settings.kafka_bootstrap}",
+            "store": "memory://",
+            "datadir": str(settings.data_dir),
+            "autodiscover": DISCOVERED,
+            "topic_partitions": settings.topic_partitions,
+            "topic_replication_factor": settings.topic_replication,
+            "producer_acks": -1,
+            "web_enabled": True,
+            "web_bind": settings.web_host,
+            "web_host": settings.web_host,
+            "web_port": settings.web_port,
+            # faust's /table and /router endpoints would expose table contents to anyone
+            "web_tables_enabled": False,
+            "web_router_enabled": False,
+            "web_application_options": {"client_max_size": settings.max_body_bytes},
+        }
+        options.update(overrides)
+        super().__init__(settings.app_id, **options)
+        self.settings = settings
+        self.resources = Resources(settings)
+        self.session_topics = Topics(self)
+
+    def on_init_dependencies(self) -> Iterable[ServiceT]:
+        return [*super().on_init_dependencies(), self.resources]
+
+    def _new_producer(self) -> IdempotentProducer:
+        return IdempotentProducer(self.transport, loop=self.loop, beacon=self.beacon)
+
+    async def on_started(self) -> None:
+        await super().on_started()
+        # agents declare the topics they read; declare the ones only produced to as well
+        for topic in self.session_topics.all():
+            await topic.maybe_declare()
+
+
+def create_app(settings: Settings, **overrides: Any) -> SomaApp:
+    return SomaApp(settings, **overrides)
+
+
+@cache
+def default_app() -> SomaApp:
+    """The process's app, from the environment's ``SOMA_*`` settings."""
+    return create_app(Settings.from_env())

@@ -1,0 +1,50 @@
+"""Apply the yoyo migrations of ``migrations/`` (``python -m app.migrate``; ``make migrate``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from yoyo import get_backend, read_migrations
+
+from app.settings import Settings
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _backend(dsn: str) -> Any:
+    # yoyo's psycopg2 backend is the "postgresql" scheme; "postgres://" is an alias we accept too
+    return get_backend(dsn.replace("postgres://", "postgresql://", 1))
+
+
+def apply(dsn: str) -> int:
+    """Apply every pending migration to ``dsn``; returns how many were applied."""
+    backend = _backend(dsn)
+    migrations = read_migrations(str(MIGRATIONS))
+    with backend.lock():
+        pending = backend.to_apply(migrations)
+        backend.apply_migrations(pending)
+    backend.connection.close()
+    return len(pending)
+
+
+def rollback(dsn: str) -> int:
+    backend = _backend(dsn)
+    migrations = read_migrations(str(MIGRATIONS))
+    with backend.lock():
+        applied = backend.to_rollback(migrations)
+        backend.rollback_migrations(applied)
+    backend.connection.close()
+    return len(applied)
+
+
+def main() -> int:
+    settings = Settings.from_env()
+    count = rollback(settings.postgres_dsn) if sys.argv[1:] == ["rollback"] else apply(settings.postgres_dsn)
+    print(f"migrations: {count} {'rolled back' if sys.argv[1:] == ['rollback'] else 'applied'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

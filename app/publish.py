@@ -1,0 +1,37 @@
+"""Publishing events: validated before anything is sent, answered only once the broker has acked."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from aiokafka.errors import KafkaError
+
+from app import events, schemas
+from app.errors import UpstreamUnavailable
+
+if TYPE_CHECKING:
+    from app.faust_app import SomaApp
+
+
+async def publish(app: SomaApp, topic: str, event: dict[str, Any], schema: str) -> Any:
+    """Send ``event`` keyed by its session to ``topic``; returns the broker's RecordMetadata.
+
+    Raises EventInvalid before sending when the event breaks ``schema``, and UpstreamUnavailable when the
+    broker did not ack within ``SOMA_KAFKA_PUBLISH_TIMEOUT_SECONDS``.
+    """
+    schemas.validate(schema, event)
+    channel = app.session_topics[topic]
+    try:
+        pending = await asyncio.wait_for(
+            channel.send(
+                key=str(event["session_id"]).encode(),
+                value=events.encode(event),
+                headers=events.headers(event, schema),
+                force=True,
+            ),
+            timeout=app.settings.kafka_publish_timeout_seconds,
+        )
+        return await asyncio.wait_for(pending, timeout=app.settings.kafka_publish_timeout_seconds)
+    except (TimeoutError, KafkaError) as exc:
+        raise UpstreamUnavailable(f"Unable to enqueue message: {type(exc).__name__}") from exc

@@ -1,0 +1,72 @@
+"""Shared connections of one worker: a Redis client, a Postgres pool and a Kafka metadata client."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiopg
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaClient
+from mode import Service
+
+from app.settings import Settings
+
+
+class Resources(Service):
+    """Created once per worker, closed on shutdown; never opened per request.
+
+    Nothing here fails start-up when a server is down: connections are made on use, so a worker comes up
+    degraded (``/health`` says which part) and recovers by itself when the server returns.
+    """
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.health_timeout_seconds,
+            socket_connect_timeout=settings.health_timeout_seconds,
+            retry_on_timeout=False,
+        )
+        self._pg_pool: aiopg.Pool | None = None
+        self._pg_lock = asyncio.Lock()
+        self._kafka: AIOKafkaClient | None = None
+        self._kafka_bootstrapped = False
+
+    async def postgres(self) -> aiopg.Pool:
+        """The Postgres pool, created on first use (minsize 0: no connection is held open at start)."""
+        if self._pg_pool is None:
+            async with self._pg_lock:
+                if self._pg_pool is None:
+                    self._pg_pool = await aiopg.create_pool(
+                        self.settings.postgres_dsn,
+                        minsize=0,
+                        maxsize=self.settings.postgres_pool_max,
+                        timeout=self.settings.health_timeout_seconds * 5,
+                        pool_recycle=300,
+                    )
+        return self._pg_pool
+
+    async def kafka_metadata(self) -> int:
+        """Ask the cluster for its metadata; returns the number of brokers that answered."""
+        if self._kafka is None:
+            self._kafka = AIOKafkaClient(
+                bootstrap_servers=self.settings.kafka_bootstrap,
+                request_timeout_ms=int(self.settings.health_timeout_seconds * 1000),
+                client_id=f"{self.settings.app_id}-health",
+            )
+        client = self._kafka
+        if not self._kafka_bootstrapped:
+            await client.bootstrap()
+            self._kafka_bootstrapped = True
+        metadata = await client.fetch_all_metadata()
+        return len(metadata.brokers())
+
+    async def on_stop(self) -> None:
+        await self.redis.aclose()
+        if self._pg_pool is not None:
+            self._pg_pool.close()
+            await self._pg_pool.wait_closed()
+        if self._kafka is not None:
+            await self._kafka.close()

@@ -1,0 +1,102 @@
+"""The one settings object: parsed once from ``SOMA_*`` environment variables, frozen."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.errors import SettingsError
+
+PREFIX = "SOMA_"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the service and of its local stack; ``docs/configuration.md`` lists them."""
+
+    # identity: the Faust app id is also the Kafka consumer group
+    app_id: str = "somaagent01"
+    # infrastructure addresses
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # repr=False: the DSN carries a password and settings get logged
+    postgres_dsn: str = field(default="postgresql://somaagent:somaagent@127.0.0.1:5432/somaagent", repr=False)
+    # topics: every session-keyed topic shares one partition count (one owner per session)
+    topic_prefix: str = ""
+    topic_partitions: int = 3
+    topic_replication: int = 1
+    # the worker's web server
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    max_body_bytes: int = 1_048_576
+    # faust's local state directory (table checkpoints)
+    data_dir: Path = ROOT / ".stack" / "faust"
+    # health checks and connections
+    health_timeout_seconds: float = 2.0
+    postgres_pool_max: int = 10
+    kafka_publish_timeout_seconds: float = 10.0
+    # the local stack (deploy/stack.py): where its data, logs and downloaded jars live
+    stack_dir: Path = ROOT / ".stack"
+    cache_dir: Path = Path.home() / ".cache" / "somaagent01"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``); fail on bad or unknown variables."""
+        env = os.environ if environ is None else environ
+        known = {PREFIX + f.name.upper(): f for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in known)
+        if unknown:
+            raise SettingsError(
+                f"unknown setting(s) {', '.join(unknown)}; see docs/configuration.md for the valid names"
+            )
+        values: dict[str, Any] = {}
+        for name, f in known.items():
+            if name in env:
+                values[f.name] = _parse(name, env[name], f)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Reject values that would only fail later, mid-stream."""
+        if not 1 <= self.web_port <= 65535:
+            raise SettingsError(f"SOMA_WEB_PORT must be a TCP port, not {self.web_port}")
+        if self.topic_partitions < 1 or self.topic_replication < 1:
+            raise SettingsError("SOMA_TOPIC_PARTITIONS and SOMA_TOPIC_REPLICATION must be >= 1")
+        if self.max_body_bytes < 1024:
+            raise SettingsError("SOMA_MAX_BODY_BYTES must be at least 1024")
+        if self.health_timeout_seconds <= 0 or self.kafka_publish_timeout_seconds <= 0:
+            raise SettingsError("timeouts must be positive")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError("SOMA_REDIS_URL must be a redis:// or rediss:// URL")
+        if not self.postgres_dsn.startswith(("postgresql://", "postgres://")):
+            raise SettingsError("SOMA_POSTGRES_DSN must be a postgresql:// URL")
+
+    def topic(self, name: str) -> str:
+        """The real topic name of a logical topic (tests give each run its own prefix)."""
+        return self.topic_prefix + name
+
+
+def _parse(name: str, raw: str, f: dataclasses.Field[Any]) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            if raw.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if raw.lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if kind == "Path":
+            return Path(raw).expanduser()
+        return raw
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind}") from exc

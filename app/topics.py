@@ -1,0 +1,51 @@
+"""The Kafka topics of the service, keyed by session id, each with a dead-letter topic."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from faust.types import TopicT
+
+    from app.faust_app import SomaApp
+
+CONVERSATION_INBOUND = "conversation.inbound"
+CONVERSATION_OUTBOUND = "conversation.outbound"
+TOOL_REQUESTS = "tool.requests"
+TOOL_RESULTS = "tool.results"
+SESSION_TOPICS = (CONVERSATION_INBOUND, CONVERSATION_OUTBOUND, TOOL_REQUESTS, TOOL_RESULTS)
+
+
+def dead_letter(name: str) -> str:
+    return f"{name}.dlq"
+
+
+class Topics:
+    """Every topic declared once on the app, with the configured partition count and replication.
+
+    Values and keys travel as raw bytes: events are JSON validated against ``schemas/`` by our own code,
+    so a record that does not decode reaches the agent (and its dead-letter path) instead of being
+    dropped inside faust's deserializer.
+    """
+
+    def __init__(self, app: SomaApp) -> None:
+        settings = app.settings
+        self._by_name: dict[str, TopicT] = {}
+        for name in SESSION_TOPICS:
+            for real in (name, dead_letter(name)):
+                self._by_name[real] = app.topic(
+                    settings.topic(real),
+                    partitions=settings.topic_partitions,
+                    replicas=settings.topic_replication,
+                    key_type=bytes,
+                    value_type=bytes,
+                    key_serializer="raw",
+                    value_serializer="raw",
+                    internal=True,
+                )
+
+    def __getitem__(self, name: str) -> TopicT:
+        return self._by_name[name]
+
+    def all(self) -> list[TopicT]:
+        return list(self._by_name.values())

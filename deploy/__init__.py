@@ -1,0 +1,1 @@
+"""Deployment: the local stack manager, Kafka fetch, Dockerfile, Helm chart and dashboards."""

@@ -1,0 +1,1 @@
+"""The local stack: Kafka (KRaft), Redis and PostgreSQL run natively, reused when already up."""

@@ -1,0 +1,1 @@
+"""Faust tables of per-session state, and (later) the Redis table store."""

@@ -1,0 +1,48 @@
+"""Fixtures: the real stack (started or reused), and per-test isolation on it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings
+from deploy.localstack.__main__ import components
+from tests.support.isolation import Isolated, base_settings, drop_stale_databases, isolated, migrated_template
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def stack() -> Settings:
+    """Kafka, Redis and Postgres, up and answering; a test that cannot reach them fails here."""
+    settings = base_settings()
+    for component in components(settings):
+        component.up()
+    return settings
+
+
+@pytest.fixture(scope="session")
+def template_db(stack: Settings) -> Iterator[str]:
+    drop_stale_databases(stack.postgres_dsn)
+    yield migrated_template(stack)
+    drop_stale_databases(stack.postgres_dsn)
+
+
+@pytest.fixture
+def iso(stack: Settings, template_db: str, tmp_path: Path) -> Iterator[Isolated]:
+    with isolated(stack, template_db, tmp_path / "faust-data") as value:
+        yield value
+
+
+@pytest.fixture(scope="module")
+def iso_module(stack: Settings, template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Isolated]:
+    with isolated(stack, template_db, tmp_path_factory.mktemp("faust-data")) as value:
+        yield value
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

@@ -1,0 +1,99 @@
+"""Each test gets its own topics, consumer group, Redis key prefix and database, on the real servers."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+
+from app import migrate
+from app.settings import Settings
+
+TEST_DB_PREFIX = "soma_t_"
+
+
+def base_settings() -> Settings:
+    """The settings of the stack the suite runs against (``make test`` starts or reuses it)."""
+    return Settings.from_env()
+
+
+def with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def admin_execute(dsn: str, *statements: str) -> None:
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+    finally:
+        conn.close()
+
+
+def drop_stale_databases(dsn: str) -> None:
+    """Remove databases left behind by an earlier, interrupted run."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (TEST_DB_PREFIX + "%",))
+            for (name,) in cur.fetchall():
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        conn.close()
+
+
+def migrated_template(settings: Settings) -> str:
+    """A database with every migration applied, copied (fast) for each test."""
+    name = f"{TEST_DB_PREFIX}template_{os.getpid()}"
+    admin_execute(settings.postgres_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
+    migrate.apply(with_database(settings.postgres_dsn, name))
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class Isolated:
+    """Settings of one test: unique names on the shared real servers."""
+
+    settings: Settings
+    database: str
+    tag: str
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment of a worker process for these settings (nothing else of ours leaks in)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SOMA_")}
+        for field in dataclasses.fields(Settings):
+            env["SOMA_" + field.name.upper()] = str(getattr(self.settings, field.name))
+        env.update(extra)
+        return env
+
+    def topic(self, name: str) -> str:
+        return self.settings.topic(name)
+
+
+@contextmanager
+def isolated(base: Settings, template: str, data_dir: Path, **overrides: object) -> Iterator[Isolated]:
+    tag = uuid.uuid4().hex[:10]
+    database = f"{TEST_DB_PREFIX}{tag}"
+    admin_execute(base.postgres_dsn, f'CREATE DATABASE "{database}" TEMPLATE "{template}"')
+    settings = dataclasses.replace(
+        base,
+        app_id=f"soma-test-{tag}",
+        topic_prefix=f"t{tag}.",
+        postgres_dsn=with_database(base.postgres_dsn, database),
+        data_dir=data_dir,
+        **overrides,  # type: ignore[arg-type]
+    )
+    try:
+        yield Isolated(settings, database, tag)
+    finally:
+        admin_execute(base.postgres_dsn, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

@@ -1,0 +1,39 @@
+"""Private Redis and PostgreSQL servers for tests that stop and restart them (the shared ones stay up)."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from app.settings import Settings
+from deploy.localstack.base import free_port
+from deploy.localstack.postgres_server import PostgresServer
+from deploy.localstack.redis_server import RedisServer
+
+
+@contextmanager
+def private_redis(settings: Settings) -> Iterator[RedisServer]:
+    home = settings.stack_dir / "test-instances" / f"redis-{uuid.uuid4().hex[:8]}"
+    server = RedisServer("127.0.0.1", free_port(), home)
+    server.up()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@contextmanager
+def private_postgres(settings: Settings) -> Iterator[PostgresServer]:
+    # under the stack dir, not pytest's 0700 tmp dir: the postgres user must reach its data directory
+    home = settings.stack_dir / "test-instances" / f"postgres-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    server = PostgresServer("127.0.0.1", port, home, f"postgresql://somaagent:somaagent@127.0.0.1:{port}/somaagent")
+    server.up()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)

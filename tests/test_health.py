@@ -1,0 +1,88 @@
+"""``/health`` checks Kafka, Redis and Postgres for real: 503 naming what is down, 200 once it is back."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from deploy.localstack.base import Component
+from deploy.localstack.postgres_server import PostgresServer
+from deploy.localstack.redis_server import RedisServer
+from tests.support.isolation import Isolated
+from tests.support.private import private_postgres, private_redis
+from tests.support.worker import Worker
+
+
+@pytest.fixture(scope="module")
+def servers(iso_module: Isolated) -> Iterator[tuple[RedisServer, PostgresServer]]:
+    with private_redis(iso_module.settings) as redis, private_postgres(iso_module.settings) as postgres:
+        yield redis, postgres
+
+
+@pytest.fixture(scope="module")
+async def worker(
+    iso_module: Isolated, servers: tuple[RedisServer, PostgresServer], artifacts: Path
+) -> AsyncIterator[Worker]:
+    redis, postgres = servers
+    settings = dataclasses.replace(
+        iso_module.settings, redis_url=redis.url, postgres_dsn=postgres.dsn, health_timeout_seconds=1.0
+    )
+    env = dataclasses.replace(iso_module, settings=settings).env()
+    worker = Worker(env, artifacts / "logs" / f"health-{iso_module.tag}.log").start()
+    await worker.wait_http()
+    yield worker
+    worker.stop()
+
+
+async def health(worker: Worker) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as http, http.get(worker.url + "/health") as resp:
+        return resp.status, await resp.json()
+
+
+async def wait_health(
+    worker: Worker, accept: Callable[[int, dict[str, Any]], bool], timeout: float = 30.0
+) -> tuple[int, dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    status, body = await health(worker)
+    while not accept(status, body) and time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+        status, body = await health(worker)
+    assert accept(status, body), (status, body)
+    return status, body
+
+
+async def test_all_up_is_200_ok(worker: Worker) -> None:
+    _, body = await wait_health(worker, lambda s, b: s == 200)
+    assert body["status"] == "ok"
+    assert set(body["components"]) == {"kafka", "redis", "postgres"}
+    assert all(c["status"] == "ok" for c in body["components"].values())
+    assert body["components"]["kafka"]["brokers"] >= 1
+
+
+@pytest.mark.parametrize("name", ["redis", "postgres"])
+async def test_a_stopped_component_is_503_named_then_recovers_without_restart(
+    worker: Worker, servers: tuple[RedisServer, PostgresServer], name: str
+) -> None:
+    component: Component = {"redis": servers[0], "postgres": servers[1]}[name]
+    pid = worker.pid
+    await wait_health(worker, lambda s, b: s == 200)
+    assert component.stop()
+    _, body = await wait_health(worker, lambda s, b: s == 503)
+    assert body["status"] == "degraded"
+    assert body["failing"] == [name]
+    assert body["components"][name]["status"] == "down"
+    assert body["components"][name]["error"]
+    others = {k: v["status"] for k, v in body["components"].items() if k != name}
+    assert set(others.values()) == {"ok"}
+
+    assert component.up() == "started"
+    _, body = await wait_health(worker, lambda s, b: s == 200)
+    assert body["status"] == "ok"
+    assert worker.pid == pid and worker.proc is not None and worker.proc.poll() is None

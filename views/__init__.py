@@ -1,0 +1,1 @@
+"""Faust web views: HTTP API, streams, health and the console page."""

@@ -1,0 +1,59 @@
+"""``GET /health``: Kafka, Redis and Postgres checked for real; 200 only when every one answers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from faust.web import Request, Response
+
+from app import app
+from views.base import ApiView
+
+
+async def _kafka() -> dict[str, Any]:
+    return {"brokers": await app.resources.kafka_metadata()}
+
+
+async def _redis() -> dict[str, Any]:
+    await app.resources.redis.ping()
+    return {}
+
+
+async def _postgres() -> dict[str, Any]:
+    pool = await app.resources.postgres()
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("SELECT 1")
+        await cur.fetchone()
+    return {}
+
+
+CHECKS: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+    "kafka": _kafka,
+    "redis": _redis,
+    "postgres": _postgres,
+}
+
+
+async def _run(check: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    began = time.perf_counter()
+    try:
+        details = await asyncio.wait_for(check(), timeout=app.settings.health_timeout_seconds)
+    except Exception as exc:
+        return {"status": "down", "error": f"{type(exc).__name__}: {exc}"[:300]}
+    return {"status": "ok", "latency_ms": round((time.perf_counter() - began) * 1000, 2), **details}
+
+
+@app.page("/health")
+class Health(ApiView):
+    async def get(self, request: Request) -> Response:
+        results = await asyncio.gather(*(_run(check) for check in CHECKS.values()))
+        components = dict(zip(CHECKS, results, strict=True))
+        down = [name for name, result in components.items() if result["status"] != "ok"]
+        status = "ok" if not down else ("down" if len(down) == len(components) else "degraded")
+        body = {"status": status, "components": components}
+        if down:
+            body["failing"] = down
+        return self.json(body, status=200 if not down else 503)
