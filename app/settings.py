@@ -40,6 +40,20 @@ class Settings:
     health_timeout_seconds: float = 2.0
     postgres_pool_max: int = 10
     kafka_publish_timeout_seconds: float = 10.0
+    # agents: events are stored in batches of at most batch_max, gathered for at most batch_within_seconds
+    batch_max: int = 500
+    batch_within_seconds: float = 0.05
+    # a record larger than this is poison (dead-lettered) before it is parsed
+    max_event_bytes: int = 262_144
+    # Redis: every key and channel of this app starts with this prefix (the session feed is
+    # <prefix>session:<session_id>:feed)
+    redis_prefix: str = "soma:"
+    session_cache_ttl_seconds: int = 900
+    # tools: default timeout, per-tool overrides ("http_fetch=5,echo=1"), http_fetch limits
+    tool_timeout_seconds: float = 10.0
+    tool_timeouts: str = ""
+    http_fetch_allowlist: str = ""
+    http_fetch_max_bytes: int = 1_048_576
     # the local stack (deploy/stack.py): where its data, logs and downloaded jars live
     stack_dir: Path = ROOT / ".stack"
     cache_dir: Path = Path.home() / ".cache" / "somaagent01"
@@ -76,6 +90,31 @@ class Settings:
             raise SettingsError("SOMA_REDIS_URL must be a redis:// or rediss:// URL")
         if not self.postgres_dsn.startswith(("postgresql://", "postgres://")):
             raise SettingsError("SOMA_POSTGRES_DSN must be a postgresql:// URL")
+        if self.batch_max < 1 or self.batch_within_seconds < 0:
+            raise SettingsError("SOMA_BATCH_MAX must be >= 1 and SOMA_BATCH_WITHIN_SECONDS >= 0")
+        if self.max_event_bytes < 1024 or self.tool_timeout_seconds <= 0 or self.http_fetch_max_bytes < 1:
+            raise SettingsError(
+                "SOMA_MAX_EVENT_BYTES, SOMA_TOOL_TIMEOUT_SECONDS and SOMA_HTTP_FETCH_MAX_BYTES are too small"
+            )
+        self.tool_timeout_map()
+
+    def tool_timeout_map(self) -> dict[str, float]:
+        """Per-tool timeouts from ``SOMA_TOOL_TIMEOUTS`` ("name=seconds,name=seconds")."""
+        timeouts: dict[str, float] = {}
+        for item in filter(None, (part.strip() for part in self.tool_timeouts.split(","))):
+            name, sep, seconds = item.partition("=")
+            try:
+                value = float(seconds)
+            except ValueError:
+                value = -1.0
+            if not sep or not name.strip() or value <= 0:
+                raise SettingsError(f"SOMA_TOOL_TIMEOUTS: {item!r} is not name=seconds")
+            timeouts[name.strip()] = value
+        return timeouts
+
+    def http_fetch_hosts(self) -> frozenset[str]:
+        """Hosts ``http_fetch`` may reach (``SOMA_HTTP_FETCH_ALLOWLIST``, comma-separated); empty = none."""
+        return frozenset(h.strip().lower() for h in self.http_fetch_allowlist.split(",") if h.strip())
 
     def topic(self, name: str) -> str:
         """The real topic name of a logical topic (tests give each run its own prefix)."""
