@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv stack-up stack-down stack-status migrate run test lint typecheck bench clean
+.PHONY: help venv stack-up stack-down stack-status migrate run test lint typecheck schema-drift bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -41,7 +41,10 @@ lint: venv ## ruff lint and format check
 typecheck: venv ## mypy --strict on the app code
 	$(VENV)/bin/mypy
 
-test: lint typecheck migrate ## quality gates, then the whole suite against the real servers
+schema-drift: venv ## compare schemas with the released version
+	$(PY) -m app.schema_drift
+
+test: lint typecheck schema-drift migrate ## quality gates, then the whole suite against the real servers
 	$(VENV)/bin/pytest
 
 bench: migrate ## benchmarks: print figures beside a baseline measured in the same run

@@ -14,15 +14,15 @@ import logging
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg2
 import redis.exceptions
 from aiokafka.errors import KafkaError
 
 from app import schemas
-from app.errors import EventInvalid
-from app.repository import Source
+from app.errors import EventInvalid, SomaError
+from app.repository import ConcurrentInsert
 from app.topics import dead_letter
 
 if TYPE_CHECKING:
@@ -31,34 +31,44 @@ if TYPE_CHECKING:
     from app.faust_app import SomaApp
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[dict[str, Any], Source], Awaitable[None]]
+T = TypeVar("T")
 
 TRANSIENT: tuple[type[BaseException], ...] = (
     psycopg2.OperationalError,
     psycopg2.InterfaceError,
+    psycopg2.errors.SerializationFailure,
+    psycopg2.errors.DeadlockDetected,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     KafkaError,
     TimeoutError,
     ConnectionError,
+    ConcurrentInsert,
 )
+
+
+class EventTooLarge(SomaError):
+    """A record larger than ``SOMA_MAX_EVENT_BYTES``: dead-lettered without parsing it."""
+
+
 PERMANENT: tuple[type[BaseException], ...] = (
+    EventTooLarge,
     UnicodeDecodeError,
     json.JSONDecodeError,
     EventInvalid,
     psycopg2.DataError,
     psycopg2.IntegrityError,
 )
-# an error of no known kind is retried this many times, then treated as permanent
-UNKNOWN_ERROR_ATTEMPTS = 5
 BACKOFF_START = 0.1
 BACKOFF_CAP = 5.0
 
 
-def decode(raw: bytes | None, schema: str) -> dict[str, Any]:
+def decode(raw: bytes | None, schema: str, max_bytes: int) -> dict[str, Any]:
+    """Parse and validate one record's value; raises a PERMANENT error for poison."""
     if raw is None:
         raise EventInvalid(schema, ["(root): record has no value"])
+    if len(raw) > max_bytes:
+        raise EventTooLarge(f"record of {len(raw)} bytes exceeds SOMA_MAX_EVENT_BYTES={max_bytes}")
     event = json.loads(raw.decode("utf-8"))
     if not isinstance(event, dict):
         raise EventInvalid(schema, ["(root): not a JSON object"])
@@ -66,52 +76,20 @@ def decode(raw: bytes | None, schema: str) -> dict[str, Any]:
     return event
 
 
-async def process(app: SomaApp, event: EventT[bytes], schema: str, handler: Handler) -> None:
-    """Decode, validate and handle one record; never raises except on cancellation."""
-    message = event.message
-    source = Source(message.topic, message.partition, message.offset)
-    first_failure: float | None = None
-    attempt = 0
+async def retry_transient(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run ``attempt`` until it succeeds, sleeping with capped exponential backoff after transient errors."""
     delay = BACKOFF_START
+    failures = 0
     while True:
-        attempt += 1
         try:
-            await handler(decode(message.value, schema), source)
-            return
-        except asyncio.CancelledError:
-            raise
-        except PERMANENT as exc:
-            cause: BaseException = exc
+            return await attempt()
         except TRANSIENT as exc:
-            first_failure = first_failure or time.time()
-            log.warning(
-                "transient failure on %s[%d]@%d (attempt %d), retrying in %.1fs: %r",
-                source.topic,
-                source.partition,
-                source.offset,
-                attempt,
-                delay,
-                exc,
-            )
+            failures += 1
+            # the first failure and then every tenth are logged: an outage must not flood the log
+            if failures == 1 or failures % 10 == 0:
+                log.warning("%s: transient failure #%d, retrying in %.1fs: %r", what, failures, delay, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_CAP)
-            continue
-        except Exception as exc:
-            first_failure = first_failure or time.time()
-            if attempt < UNKNOWN_ERROR_ATTEMPTS:
-                log.exception(
-                    "unexpected failure on %s[%d]@%d (attempt %d)",
-                    source.topic,
-                    source.partition,
-                    source.offset,
-                    attempt,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_CAP)
-                continue
-            cause = exc
-        await send_to_dead_letter(app, event, cause, attempt, first_failure or time.time())
-        return
 
 
 async def send_to_dead_letter(
@@ -124,23 +102,16 @@ async def send_to_dead_letter(
         ("__connect.errors.topic", message.topic.encode()),
         ("__connect.errors.partition", str(message.partition).encode()),
         ("__connect.errors.offset", str(message.offset).encode()),
-        (
-            "__connect.errors.exception.class.name",
-            f"{type(cause).__module__}.{type(cause).__qualname__}".encode(),
-        ),
+        ("__connect.errors.exception.class.name", f"{type(cause).__module__}.{type(cause).__qualname__}".encode()),
         ("__connect.errors.exception.message", str(cause)[:4000].encode()),
-        (
-            "__connect.errors.exception.stacktrace",
-            "".join(traceback.format_exception(cause))[-8000:].encode(),
-        ),
+        ("__connect.errors.exception.stacktrace", "".join(traceback.format_exception(cause))[-8000:].encode()),
         ("soma.dlq.attempts", str(attempts).encode()),
         ("soma.dlq.first_failure", f"{first_failure:.6f}".encode()),
         ("soma.dlq.last_failure", f"{now:.6f}".encode()),
         ("soma.dlq.original_timestamp", f"{message.timestamp:.6f}".encode()),
     ]
-    original_headers = (
-        list(message.headers.items()) if isinstance(message.headers, dict) else list(message.headers or [])
-    )
+    headers = message.headers
+    original = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
     logical = message.topic.removeprefix(app.settings.topic_prefix)
     target = app.session_topics[dead_letter(logical)]
     log.error(
@@ -151,19 +122,15 @@ async def send_to_dead_letter(
         type(cause).__name__,
         cause,
     )
-    delay = BACKOFF_START
-    while True:
-        try:
-            pending = await target.send(
-                key=message.key,
-                value=message.value,
-                partition=message.partition,
-                headers=[*original_headers, *error_headers],
-                force=True,
-            )
-            await pending
-            return
-        except KafkaError as exc:
-            log.warning("dead-letter send failed, retrying in %.1fs: %r", delay, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_CAP)
+
+    async def send() -> None:
+        pending = await target.send(
+            key=message.key,
+            value=message.value,
+            partition=message.partition,
+            headers=[*original, *error_headers],
+            force=True,
+        )
+        await pending
+
+    await retry_transient(f"dead-letter {message.topic}[{message.partition}]@{message.offset}", send)

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
 from mode import ServiceT
 
+from app import diagnostics
 from app.producer import IdempotentProducer
 from app.resources import Resources
 from app.settings import Settings
 from app.topics import Topics
+
+log = logging.getLogger(__name__)
 
 # agents, tables and views register themselves on the app when faust scans these packages
 DISCOVERED = ["tables", "agents", "views"]
@@ -33,6 +39,8 @@ class SomaApp(faust.App):
             "topic_partitions": settings.topic_partitions,
             "topic_replication_factor": settings.topic_replication,
             "producer_acks": -1,
+            "broker_session_timeout": settings.kafka_session_timeout_seconds,
+            "broker_heartbeat_interval": settings.kafka_session_timeout_seconds / 4,
             "web_enabled": True,
             "web_bind": settings.web_host,
             "web_host": settings.web_host,
@@ -51,14 +59,34 @@ class SomaApp(faust.App):
     def on_init_dependencies(self) -> Iterable[ServiceT]:
         return [*super().on_init_dependencies(), self.resources]
 
+    def _on_autodiscovery_error(self, name: str) -> None:
+        # faust only logs a module that fails to import, leaving a worker without that agent or view;
+        # a broken module must stop the worker at start-up instead
+        raise
+
     def _new_producer(self) -> IdempotentProducer:
         return IdempotentProducer(self.transport, loop=self.loop, beacon=self.beacon)
 
     async def on_started(self) -> None:
         await super().on_started()
-        # agents declare the topics they read; declare the ones only produced to as well
+        diagnostics.install(self.loop)
+        self.add_future(self._declare_topics())
+
+    async def _declare_topics(self) -> None:
+        """Declare every session and dead-letter topic (agents declare only those they read).
+
+        Retried in the background: a broker that restarts just then must not stop the worker.
+        """
+        delay = 0.5
         for topic in self.session_topics.all():
-            await topic.maybe_declare()
+            while True:
+                try:
+                    await topic.maybe_declare()
+                    break
+                except KafkaError as exc:
+                    log.warning("declaring %s failed, retrying in %.1fs: %r", topic.get_topic_name(), delay, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
 
 
 def create_app(settings: Settings, **overrides: Any) -> SomaApp:

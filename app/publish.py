@@ -1,4 +1,4 @@
-"""Publishing events: validated before anything is sent, answered only once the broker has acked."""
+"""Publishing events: validated before anything is sent, done only once the broker has acked."""
 
 from __future__ import annotations
 
@@ -14,24 +14,30 @@ if TYPE_CHECKING:
     from app.faust_app import SomaApp
 
 
-async def publish(app: SomaApp, topic: str, event: dict[str, Any], schema: str) -> Any:
+async def send_event(app: SomaApp, topic: str, event: dict[str, Any], schema: str) -> Any:
     """Send ``event`` keyed by its session to ``topic``; returns the broker's RecordMetadata.
 
-    Raises EventInvalid before sending when the event breaks ``schema``, and UpstreamUnavailable when the
-    broker did not ack within ``SOMA_KAFKA_PUBLISH_TIMEOUT_SECONDS``.
+    Raises EventInvalid before sending when the event breaks ``schema``; KafkaError or TimeoutError when
+    the broker did not ack within ``SOMA_KAFKA_PUBLISH_TIMEOUT_SECONDS`` (both transient).
     """
     schemas.validate(schema, event)
     channel = app.session_topics[topic]
+    timeout = app.settings.kafka_publish_timeout_seconds
+    pending = await asyncio.wait_for(
+        channel.send(
+            key=str(event["session_id"]).encode(),
+            value=events.encode(event),
+            headers=events.headers(event, schema),
+            force=True,
+        ),
+        timeout=timeout,
+    )
+    return await asyncio.wait_for(pending, timeout=timeout)
+
+
+async def publish(app: SomaApp, topic: str, event: dict[str, Any], schema: str) -> Any:
+    """:func:`send_event` for a client's request: a broker failure becomes 503 ``enqueue_failed``."""
     try:
-        pending = await asyncio.wait_for(
-            channel.send(
-                key=str(event["session_id"]).encode(),
-                value=events.encode(event),
-                headers=events.headers(event, schema),
-                force=True,
-            ),
-            timeout=app.settings.kafka_publish_timeout_seconds,
-        )
-        return await asyncio.wait_for(pending, timeout=app.settings.kafka_publish_timeout_seconds)
+        return await send_event(app, topic, event, schema)
     except (TimeoutError, KafkaError) as exc:
         raise UpstreamUnavailable(f"Unable to enqueue message: {type(exc).__name__}") from exc

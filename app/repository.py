@@ -1,10 +1,10 @@
-"""The Postgres session repository: sequenced, idempotent event storage and envelope upserts."""
+"""The Postgres session repository: batches of events stored with gap-free per-session seqs, exactly once."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiopg
@@ -12,28 +12,42 @@ import aiopg
 # Claims the gateway merges into metadata; the envelope keeps them in columns of their own.
 ENVELOPE_CLAIMS = ("tenant", "subject", "issuer", "scope")
 
-_UPSERT_ENVELOPE = """
-INSERT INTO session_envelopes AS e (session_id, persona_id, tenant, subject, issuer, scope, metadata, last_seq)
-VALUES (%(session_id)s, %(persona_id)s, %(tenant)s, %(subject)s, %(issuer)s, %(scope)s, %(metadata)s::jsonb, 1)
-ON CONFLICT (session_id) DO UPDATE SET
-    persona_id = COALESCE(NULLIF(EXCLUDED.persona_id, ''), e.persona_id),
-    tenant     = COALESCE(NULLIF(EXCLUDED.tenant, ''), e.tenant),
-    subject    = COALESCE(NULLIF(EXCLUDED.subject, ''), e.subject),
-    issuer     = COALESCE(NULLIF(EXCLUDED.issuer, ''), e.issuer),
-    scope      = COALESCE(NULLIF(EXCLUDED.scope, ''), e.scope),
-    metadata   = e.metadata || EXCLUDED.metadata,
-    last_seq   = e.last_seq + 1,
-    updated_at = now()
-RETURNING last_seq
+_ENSURE_ENVELOPES = """
+INSERT INTO session_envelopes (session_id) SELECT unnest(%s::text[]) ON CONFLICT (session_id) DO NOTHING
 """
-
-_INSERT_EVENT = """
+# the row locks serialise every writer of these sessions until COMMIT; sorted, so two batches never deadlock
+_LOCK_ENVELOPES = """
+SELECT session_id, last_seq FROM session_envelopes WHERE session_id = ANY(%s::text[]) ORDER BY session_id FOR UPDATE
+"""
+_STORED_IDS = "SELECT event_id::text FROM session_events WHERE event_id = ANY(%s::uuid[])"
+_INSERT_EVENTS = """
 INSERT INTO session_events (event_id, session_id, seq, type, role, payload, occurred_at,
                             source_topic, source_partition, source_offset)
-VALUES (%(event_id)s, %(session_id)s, %(seq)s, %(type)s, %(role)s, %(payload)s::jsonb,
-        COALESCE(%(occurred_at)s::timestamptz, now()), %(topic)s, %(partition)s, %(offset)s)
+SELECT e.event_id, e.session_id, e.seq, e.type, e.role, e.payload, COALESCE(e.occurred_at, now()),
+       e.topic, e.partition, e.offset_
+FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::jsonb[], %s::timestamptz[],
+            %s::text[], %s::int[], %s::bigint[])
+     AS e(event_id, session_id, seq, type, role, payload, occurred_at, topic, partition, offset_)
 ON CONFLICT (event_id) DO NOTHING
-RETURNING seq
+"""
+# seed rules: keep old values when the new ones are empty; merge metadata
+_UPDATE_ENVELOPES = """
+UPDATE session_envelopes AS e SET
+    last_seq   = v.last_seq,
+    persona_id = COALESCE(NULLIF(v.persona_id, ''), e.persona_id),
+    tenant     = COALESCE(NULLIF(v.tenant, ''), e.tenant),
+    subject    = COALESCE(NULLIF(v.subject, ''), e.subject),
+    issuer     = COALESCE(NULLIF(v.issuer, ''), e.issuer),
+    scope      = COALESCE(NULLIF(v.scope, ''), e.scope),
+    metadata   = e.metadata || v.metadata,
+    updated_at = now()
+FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[])
+     AS v(session_id, last_seq, persona_id, tenant, subject, issuer, scope, metadata)
+WHERE e.session_id = v.session_id
+"""
+_READ_ENVELOPES = """
+SELECT session_id, last_seq, persona_id, metadata, updated_at FROM session_envelopes
+WHERE session_id = ANY(%s::text[])
 """
 
 
@@ -46,51 +60,121 @@ class Source:
     offset: int
 
 
-async def store_event(pool: aiopg.Pool, event: dict[str, Any], source: Source) -> int | None:
-    """Store ``event`` as its session's next seq in one transaction; None when its event_id is stored already.
+@dataclass(frozen=True)
+class Incoming:
+    """A decoded, valid event and where it came from; ``type`` and ``role`` are set."""
 
-    The envelope upsert takes the session row's lock, so concurrent writers of one session serialise and
-    a duplicate rolls back its seq increment: seqs stay gap-free.
+    event: dict[str, Any]
+    source: Source
+
+
+@dataclass(frozen=True)
+class Envelope:
+    session_id: str
+    last_seq: int
+    persona_id: str | None
+    metadata: dict[str, str]
+    updated_at: str
+
+
+@dataclass
+class BatchResult:
+    stored: list[dict[str, Any]] = field(default_factory=list)  # new events with their seq, in batch order
+    duplicates: list[Incoming] = field(default_factory=list)  # events whose event_id was stored already
+    envelopes: dict[str, Envelope] = field(default_factory=dict)  # every session of the batch, after it
+
+
+class ConcurrentInsert(Exception):
+    """Another writer stored one of the batch's event ids between our check and our insert; retry the batch."""
+
+
+@dataclass
+class _SessionChange:
+    last_seq: int
+    persona_id: str | None = None
+    claims: dict[str, str | None] = field(default_factory=lambda: dict.fromkeys(ENVELOPE_CLAIMS))
+    metadata: dict[str, str] = field(default_factory=dict)
+    changed: bool = False
+
+
+async def store_batch(pool: aiopg.Pool, items: list[Incoming]) -> BatchResult:
+    """Store every new event of ``items`` as its session's next seq, in order, in one transaction.
+
+    Idempotent on ``event_id``: an event stored before (or twice in the batch) is reported as a duplicate
+    and gets no seq. Raises ConcurrentInsert (nothing stored) when a concurrent writer raced us.
     """
-    metadata = event.get("metadata") or {}
-    params = {
-        "session_id": event["session_id"],
-        "persona_id": event.get("persona_id"),
-        "metadata": json.dumps(metadata),
-        **{claim: metadata.get(claim) for claim in ENVELOPE_CLAIMS},
-    }
+    result = BatchResult()
+    sessions = sorted({item.event["session_id"] for item in items})
     async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute("SELECT 1 FROM session_events WHERE event_id = %s", (event["event_id"],))
-        if await cur.fetchone() is not None:
-            return None
         await cur.execute("BEGIN")
         try:
-            await cur.execute(_UPSERT_ENVELOPE, params)
-            (seq,) = await cur.fetchone()
-            stored = {**event, "seq": seq}
-            await cur.execute(
-                _INSERT_EVENT,
-                {
-                    "event_id": event["event_id"],
-                    "session_id": event["session_id"],
-                    "seq": seq,
-                    "type": event["type"],
-                    "role": event["role"],
-                    "payload": json.dumps(stored),
-                    "occurred_at": event.get("occurred_at"),
-                    "topic": source.topic,
-                    "partition": source.partition,
-                    "offset": source.offset,
-                },
-            )
-            inserted = await cur.fetchone()
-            if inserted is None:
-                await cur.execute("ROLLBACK")
-                return None
+            await cur.execute(_ENSURE_ENVELOPES, (sessions,))
+            await cur.execute(_LOCK_ENVELOPES, (sessions,))
+            changes = {sid: _SessionChange(last_seq) for sid, last_seq in await cur.fetchall()}
+            await cur.execute(_STORED_IDS, ([item.event["event_id"] for item in items],))
+            seen = {row[0] for row in await cur.fetchall()}
+            rows: list[tuple[Any, ...]] = []
+            for item in items:
+                event = item.event
+                if event["event_id"] in seen:
+                    result.duplicates.append(item)
+                    continue
+                seen.add(event["event_id"])
+                change = changes[event["session_id"]]
+                change.last_seq += 1
+                change.changed = True
+                _merge(change, event)
+                stored = {**event, "seq": change.last_seq}
+                result.stored.append(stored)
+                rows.append(
+                    (
+                        event["event_id"],
+                        event["session_id"],
+                        change.last_seq,
+                        event["type"],
+                        event["role"],
+                        json.dumps(stored),
+                        event.get("occurred_at"),
+                        item.source.topic,
+                        item.source.partition,
+                        item.source.offset,
+                    )
+                )
+            if rows:
+                await cur.execute(_INSERT_EVENTS, [list(column) for column in zip(*rows, strict=True)])
+                if cur.rowcount != len(rows):
+                    raise ConcurrentInsert(f"{len(rows) - cur.rowcount} of {len(rows)} events were stored meanwhile")
+                updates = [
+                    (sid, c.last_seq, c.persona_id, *c.claims.values(), json.dumps(c.metadata))
+                    for sid, c in changes.items()
+                    if c.changed
+                ]
+                await cur.execute(_UPDATE_ENVELOPES, [list(column) for column in zip(*updates, strict=True)])
+            await cur.execute(_READ_ENVELOPES, (sessions,))
+            for sid, last_seq, persona_id, metadata, updated_at in await cur.fetchall():
+                result.envelopes[sid] = Envelope(sid, last_seq, persona_id, metadata, updated_at.isoformat())
             await cur.execute("COMMIT")
-            return int(seq)
         except BaseException:
             # a broken connection cannot roll back; the pool discards it either way
             with contextlib.suppress(Exception):
                 await cur.execute("ROLLBACK")
             raise
+    return result
+
+
+def _merge(change: _SessionChange, event: dict[str, Any]) -> None:
+    """Fold one event into its session's envelope change, later non-empty values winning."""
+    if event.get("persona_id"):
+        change.persona_id = event["persona_id"]
+    metadata = event.get("metadata") or {}
+    for claim in ENVELOPE_CLAIMS:
+        if metadata.get(claim):
+            change.claims[claim] = metadata[claim]
+    change.metadata.update(metadata)
+
+
+async def stored_ids(pool: aiopg.Pool, event_ids: list[str]) -> set[str]:
+    """Which of ``event_ids`` are stored."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(_STORED_IDS, (event_ids,))
+        return {row[0] for row in await cur.fetchall()}

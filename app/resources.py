@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import aiopg
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaClient
@@ -31,8 +32,17 @@ class Resources(Service):
         )
         self._pg_pool: aiopg.Pool | None = None
         self._pg_lock = asyncio.Lock()
+        # held while an agent stores a batch and publishes it to the session feed (see agents/pipeline.py)
+        self.store_lock = asyncio.Lock()
         self._kafka: AIOKafkaClient | None = None
         self._kafka_bootstrapped = False
+        self._http: aiohttp.ClientSession | None = None
+
+    def http(self) -> aiohttp.ClientSession:
+        """The worker's HTTP client (tools), created on first use on the running loop."""
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+        return self._http
 
     async def postgres(self) -> aiopg.Pool:
         """The Postgres pool, created on first use (minsize 0: no connection is held open at start)."""
@@ -64,6 +74,8 @@ class Resources(Service):
         return len(metadata.brokers())
 
     async def on_stop(self) -> None:
+        if self._http is not None:
+            await self._http.close()
         await self.redis.aclose()
         if self._pg_pool is not None:
             self._pg_pool.close()

@@ -40,9 +40,11 @@ class Settings:
     health_timeout_seconds: float = 2.0
     postgres_pool_max: int = 10
     kafka_publish_timeout_seconds: float = 10.0
+    # a worker that dies keeps its partitions until the broker stops hearing from it for this long
+    kafka_session_timeout_seconds: float = 10.0
     # agents: events are stored in batches of at most batch_max, gathered for at most batch_within_seconds
     batch_max: int = 500
-    batch_within_seconds: float = 0.05
+    batch_within_seconds: float = 0.01
     # a record larger than this is poison (dead-lettered) before it is parsed
     max_event_bytes: int = 262_144
     # Redis: every key and channel of this app starts with this prefix (the session feed is
@@ -53,7 +55,7 @@ class Settings:
     tool_timeout_seconds: float = 10.0
     tool_timeouts: str = ""
     http_fetch_allowlist: str = ""
-    http_fetch_max_bytes: int = 1_048_576
+    http_fetch_max_bytes: int = 131_072
     # the local stack (deploy/stack.py): where its data, logs and downloaded jars live
     stack_dir: Path = ROOT / ".stack"
     cache_dir: Path = Path.home() / ".cache" / "somaagent01"
@@ -84,6 +86,8 @@ class Settings:
             raise SettingsError("SOMA_TOPIC_PARTITIONS and SOMA_TOPIC_REPLICATION must be >= 1")
         if self.max_body_bytes < 1024:
             raise SettingsError("SOMA_MAX_BODY_BYTES must be at least 1024")
+        if not 6 <= self.kafka_session_timeout_seconds <= 300:
+            raise SettingsError("SOMA_KAFKA_SESSION_TIMEOUT_SECONDS must be within the broker's 6..300 s")
         if self.health_timeout_seconds <= 0 or self.kafka_publish_timeout_seconds <= 0:
             raise SettingsError("timeouts must be positive")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -86,7 +87,9 @@ class KafkaBroker(Component):
     def answers(self) -> bool:
         """A real round trip: create a topic, produce one record with acks=all, consume it back."""
         try:
-            return asyncio.run(asyncio.wait_for(self._round_trip(), timeout=30))
+            # its own thread and loop: callers may already run an event loop (the test suite does)
+            with ThreadPoolExecutor(1) as pool:
+                return pool.submit(lambda: asyncio.run(asyncio.wait_for(self._round_trip(), timeout=30))).result()
         except KafkaConnectionError:
             if port_open(self.host, self.port):
                 raise WrongService(f"kafka: {self.bootstrap} is open but does not speak the Kafka protocol") from None

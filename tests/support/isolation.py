@@ -89,6 +89,7 @@ def isolated(base: Settings, template: str, data_dir: Path, **overrides: object)
         base,
         app_id=f"soma-test-{tag}",
         topic_prefix=f"t{tag}.",
+        redis_prefix=f"t{tag}:",
         postgres_dsn=with_database(base.postgres_dsn, database),
         data_dir=data_dir,
         **overrides,  # type: ignore[arg-type]

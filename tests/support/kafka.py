@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord
 
 
@@ -56,3 +59,54 @@ async def end_offsets(bootstrap: str, topic: str) -> int:
         return sum((await consumer.end_offsets(tps)).values())
     finally:
         await consumer.stop()
+
+
+async def produce(
+    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]
+) -> list[tuple[int, int]]:
+    """Produce ``records`` (key, value, headers) in order with acks=all; returns (partition, offset) of each."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value=value, key=key, headers=headers) for key, value, headers in records]
+        metadata = await asyncio.gather(*futures)
+        return [(m.partition, m.offset) for m in metadata]
+    finally:
+        await producer.stop()
+
+
+async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def produce_steadily(
+    bootstrap: str,
+    topic: str,
+    records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]],
+    per_second: float,
+) -> None:
+    """Produce ``records`` one by one at a steady rate, in order, riding out broker outages by resending."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, request_timeout_ms=5000, retry_backoff_ms=200
+    )
+    await producer.start()
+    try:
+        began = time.monotonic()
+        for n, (key, value, headers) in enumerate(records):
+            while True:
+                try:
+                    await producer.send_and_wait(topic, value=value, key=key, headers=headers)
+                    break
+                except KafkaError:
+                    await asyncio.sleep(0.2)
+            ahead = began + (n + 1) / per_second - time.monotonic()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+    finally:
+        await producer.stop()

@@ -1,0 +1,202 @@
+"""Batching agents: gather a topic's events, store each batch once, update tables and the feed, then ack.
+
+Events are read from a ``noack`` stream and acknowledged by hand only after their batch is committed to
+Postgres, published to the session feed and handed to the agent's after-store step: an offset can never
+be committed for an event that is not stored. A crash replays at most the unacknowledged events, which
+the idempotent store recognises by ``event_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from faust.streams import _current_event
+
+from agents.boundary import PERMANENT, decode, retry_transient, send_to_dead_letter
+from app import feed
+from app.errors import EventInvalid
+from app.repository import BatchResult, Incoming, Source, store_batch
+from tables.sessions import session_state, state_of
+
+if TYPE_CHECKING:
+    from faust.types import EventT, StreamT
+
+    from app.faust_app import SomaApp
+
+log = logging.getLogger(__name__)
+
+AfterStore = Callable[["SomaApp", BatchResult, list[Incoming]], Awaitable[None]]
+# an error of no known kind is retried this many times on a lone event, then dead-lettered
+UNKNOWN_ERROR_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How the events of one input topic are decoded, completed and followed up."""
+
+    topic: str  # logical name, without the settings' prefix
+    schema: str
+    defaults: dict[str, str] = field(default_factory=dict)  # e.g. type/role of tool events
+    after_store: AfterStore | None = None
+
+
+async def consume(app: SomaApp, stream: StreamT[bytes], kind: Kind) -> None:
+    """The body of an agent: feed a batch processor from the stream until the agent stops."""
+    events: StreamT[bytes] = stream.noack()  # type: ignore[attr-defined]
+    queue: asyncio.Queue[EventT[bytes]] = asyncio.Queue(maxsize=2 * app.settings.batch_max)
+    processor = asyncio.create_task(_process_forever(app, events, kind, queue), name=f"batches of {kind.topic}")
+    processor.add_done_callback(_report_crash)
+    try:
+        async for event in events.events():
+            await _put(queue, event, processor)
+    finally:
+        processor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await processor
+
+
+def _report_crash(processor: asyncio.Task[None]) -> None:
+    if not processor.cancelled() and processor.exception() is not None:
+        log.error("%s crashed; the agent restarts it", processor.get_name(), exc_info=processor.exception())
+
+
+async def _put(queue: asyncio.Queue[EventT[bytes]], event: EventT[bytes], processor: asyncio.Task[None]) -> None:
+    if processor.done():
+        processor.result()  # re-raises the processor's crash so faust's supervisor restarts the agent
+        raise RuntimeError(f"{processor.get_name()} stopped")
+    with contextlib.suppress(asyncio.QueueFull):
+        queue.put_nowait(event)
+        return
+    # the queue is full while the processor waits out a failure: wait for room, or for the processor to die
+    put = asyncio.ensure_future(queue.put(event))
+    await asyncio.wait({put, processor}, return_when=asyncio.FIRST_COMPLETED)
+    if not put.done():
+        put.cancel()
+        processor.result()  # re-raises the processor's crash so faust's supervisor sees it
+        raise RuntimeError(f"{processor.get_name()} stopped")
+
+
+async def _process_forever(
+    app: SomaApp, stream: StreamT[bytes], kind: Kind, queue: asyncio.Queue[EventT[bytes]]
+) -> None:
+    settings = app.settings
+    while True:
+        batch = [await queue.get()]
+        if settings.batch_within_seconds > 0 and queue.qsize() < settings.batch_max - 1:
+            await asyncio.sleep(settings.batch_within_seconds)
+        while len(batch) < settings.batch_max and not queue.empty():
+            batch.append(queue.get_nowait())
+        await _process_until_done(app, kind, batch)
+        for event in batch:
+            await stream.ack(event)
+
+
+async def _process_until_done(app: SomaApp, kind: Kind, batch: list[EventT[bytes]]) -> None:
+    """Process ``batch``, retrying it after an unexpected error: an event is never acked unprocessed."""
+    delay = 0.5
+    while True:
+        try:
+            await process_batch(app, kind, batch)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # a defect, not a poison record or an outage (those are handled inside): hold the partition and
+            # say so loudly rather than skip events
+            log.exception("processing a batch of %d %s events failed; retrying in %.1fs", len(batch), kind.topic, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+async def process_batch(app: SomaApp, kind: Kind, batch: list[EventT[bytes]]) -> None:
+    """Dead-letter the poison of ``batch``, store the rest, mirror it to the table and the feed."""
+    assigned = app.consumer.assignment()
+    # a partition revoked meanwhile is read again by its new owner: storing its events here could reorder them
+    batch = [event for event in batch if event.message.tp in assigned]
+    items: list[Incoming] = []
+    origin: dict[int, EventT[bytes]] = {}
+    for event in batch:
+        message = event.message
+        try:
+            decoded = {**kind.defaults, **decode(message.value, kind.schema, app.settings.max_event_bytes)}
+            if message.key != decoded["session_id"].encode():
+                raise EventInvalid(kind.schema, [f"(key): record key {message.key!r} is not the session_id"])
+        except PERMANENT as exc:
+            await send_to_dead_letter(app, event, exc, 1, time.time())
+            continue
+        item = Incoming(decoded, Source(message.topic, message.partition, message.offset))
+        items.append(item)
+        origin[id(item)] = event
+    if not items:
+        return
+    result = await _store(app, items, origin)
+    _mirror_to_table(result, items, origin)
+    if kind.after_store is not None:
+        await kind.after_store(app, result, items)
+
+
+async def _store(app: SomaApp, items: list[Incoming], origin: dict[int, EventT[bytes]]) -> BatchResult:
+    pool = await app.resources.postgres()
+    redis = app.resources.redis
+    # one writer at a time per worker: the feed then carries each session's events in seq order even
+    # when several agents (topics) write the same session
+    async with app.resources.store_lock:
+        try:
+            result = await retry_transient("store batch", lambda: store_batch(pool, items))
+        except Exception as exc:
+            log.warning("batch of %d failed (%r): storing its events one by one", len(items), exc)
+            result = await _store_one_by_one(app, items, origin)
+        await retry_transient("publish to the session feed", lambda: feed.publish(redis, app.settings, result.stored))
+    return result
+
+
+async def _store_one_by_one(app: SomaApp, items: list[Incoming], origin: dict[int, EventT[bytes]]) -> BatchResult:
+    """Find the events that can never be stored, dead-letter them, store the others in order."""
+    pool = await app.resources.postgres()
+    total = BatchResult()
+    for item in items:
+        first_failure = time.time()
+        for attempt in range(1, UNKNOWN_ERROR_ATTEMPTS + 1):
+            try:
+                one = await retry_transient("store event", lambda item=item: store_batch(pool, [item]))  # type: ignore[misc]
+            except PERMANENT as exc:
+                await send_to_dead_letter(app, origin[id(item)], exc, attempt, first_failure)
+                break
+            except Exception as exc:
+                if attempt == UNKNOWN_ERROR_ATTEMPTS:
+                    await send_to_dead_letter(app, origin[id(item)], exc, attempt, first_failure)
+                    break
+                log.exception("storing %s failed (attempt %d)", item.event.get("event_id"), attempt)
+                await asyncio.sleep(0.1 * 2**attempt)
+            else:
+                total.stored.extend(one.stored)
+                total.duplicates.extend(one.duplicates)
+                total.envelopes.update(one.envelopes)
+                break
+    return total
+
+
+def _mirror_to_table(result: BatchResult, items: list[Incoming], origin: dict[int, EventT[bytes]]) -> None:
+    """Write each session's committed state to ``session_state``, in the partition of its own events."""
+    last_event = {item.event["session_id"]: origin[id(item)] for item in items}
+    for session_id, envelope in result.envelopes.items():
+        event = last_event.get(session_id)
+        if event is None:
+            continue
+        # faust picks a table key's changelog partition from the current event; this task runs beside the
+        # stream, so it names the event whose partition (= the session's partition) the change belongs to
+        token = _current_event.set(weakref.ref(event))
+        try:
+            session_state[session_id] = state_of(envelope)
+        finally:
+            _current_event.reset(token)
+
+
+__all__ = ["Any", "Kind", "consume", "process_batch"]

@@ -1,0 +1,90 @@
+"""Agent of ``tool.requests`` (key: session_id): the tool executor.
+
+Each request is stored as its session's next seq, then its tool runs (per-tool timeout, policy hook first)
+and a ``tool_result`` is published to ``tool.results`` before the request is acknowledged. The result's
+event_id is derived from the request's, so a request replayed after a crash yields the same result event,
+which the store keeps once. Poison requests go to ``tool.requests.dlq``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from faust.types import StreamT
+
+from agents.boundary import retry_transient
+from agents.pipeline import Kind, consume
+from agents.tools import PolicyHook, ToolContext, ToolOutcome, allow_all, run_tool
+from app import app, events
+from app.publish import send_event
+from app.repository import BatchResult, Incoming, stored_ids
+from app.topics import TOOL_REQUESTS, TOOL_RESULTS
+
+# results are named by uuid5(request event_id) in this namespace
+RESULT_NAMESPACE = uuid.UUID("6f1d1c52-0d0e-4a6e-9f3e-5b8e2c1a7d40")
+# the real OPA check replaces this hook (see "Security")
+policy: PolicyHook = allow_all
+
+
+def result_id(request_event_id: str) -> str:
+    return str(uuid.uuid5(RESULT_NAMESPACE, request_event_id))
+
+
+def result_event(request: dict[str, Any], outcome: ToolOutcome, max_bytes: int) -> dict[str, Any]:
+    """The ``tool_result`` event answering ``request``; a payload too large for a record becomes an error."""
+    event = {
+        "event_id": result_id(request["event_id"]),
+        "session_id": request["session_id"],
+        "persona_id": request.get("persona_id"),
+        "type": "tool.result",
+        "role": "tool",
+        "request_id": request["event_id"],
+        "tool_name": request["tool_name"],
+        "status": outcome.status,
+        "payload": outcome.payload,
+        "execution_time": outcome.execution_time,
+        "metadata": dict(request.get("metadata") or {}),
+        "trace_context": dict(request.get("trace_context") or {}),
+        "version": events.EVENT_VERSION,
+        "occurred_at": events.now_iso(),
+    }
+    if len(events.encode(event)) > max_bytes:
+        message = f"the tool's result exceeds SOMA_MAX_EVENT_BYTES={max_bytes}"
+        event.update(status="error", payload={"error": {"code": "result_too_large", "message": message}})
+    return event
+
+
+async def execute(request: dict[str, Any]) -> None:
+    ctx = ToolContext(settings=app.settings, http=app.resources.http())
+    outcome = await run_tool(
+        request["tool_name"],
+        dict(request["args"]),
+        ctx,
+        policy,
+        session_id=request["session_id"],
+        metadata=request.get("metadata") or {},
+    )
+    answer = result_event(request, outcome, app.settings.max_event_bytes)
+    # the tool ran once; only the publish is retried
+    await retry_transient("publish tool result", lambda: send_event(app, TOOL_RESULTS, answer, "tool_result"))
+
+
+async def run_requests(_: Any, result: BatchResult, items: list[Incoming]) -> None:
+    """Run every request of the batch that has no stored result yet (new ones, and replays after a crash)."""
+    requests = {item.event["event_id"]: item.event for item in items}
+    pool = await app.resources.postgres()
+    answered = await retry_transient("read stored results", lambda: stored_ids(pool, [result_id(e) for e in requests]))
+    pending = [request for eid, request in requests.items() if result_id(eid) not in answered]
+    await asyncio.gather(*(execute(request) for request in pending))
+
+
+KIND = Kind(
+    TOOL_REQUESTS, "tool_request", defaults={"type": "tool.request", "role": "assistant"}, after_store=run_requests
+)
+
+
+@app.agent(app.session_topics[TOOL_REQUESTS], name="tool_requests")
+async def tool_requests(stream: StreamT[bytes]) -> None:
+    await consume(app, stream, KIND)

@@ -1,0 +1,136 @@
+"""Nothing lost under faults: Postgres down for 20 s, the broker restarted, the worker SIGKILLed."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app import migrate
+from app.settings import Settings
+from deploy.localstack.base import free_port, port_open
+from deploy.localstack.kafka_broker import KafkaBroker
+from tests.support.db import query, wait_rows
+from tests.support.events import check_sequenced, message, record
+from tests.support.isolation import Isolated
+from tests.support.kafka import create_topic, end_offsets, produce, produce_steadily
+from tests.support.private import private_postgres
+from tests.support.worker import Worker
+
+ALL_ROWS = "SELECT * FROM session_events ORDER BY id"
+DLQS = ("conversation.inbound.dlq",)
+
+
+async def hold(seconds: float, worker: Worker) -> None:
+    """Let an outage last ``seconds``, checking all along that the worker stays up."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert worker.proc is not None and worker.proc.poll() is None, worker.log()
+        await asyncio.sleep(0.5)
+
+
+async def assert_no_dead_letters(iso: Isolated) -> None:
+    for name in DLQS:
+        assert await end_offsets(iso.settings.kafka_bootstrap, iso.topic(name)) == 0
+
+
+@pytest.fixture
+async def worker_log(artifacts: Path, iso: Isolated) -> Path:
+    return artifacts / "logs" / f"faults-{iso.tag}.log"
+
+
+async def test_postgres_stopped_for_20_s_mid_stream_loses_nothing(
+    iso: Isolated, stack: Settings, worker_log: Path
+) -> None:
+    with private_postgres(stack) as postgres:
+        migrate.apply(postgres.dsn)
+        settings = dataclasses.replace(iso.settings, postgres_dsn=postgres.dsn)
+        worker = Worker(dataclasses.replace(iso, settings=settings).env(), worker_log).start()
+        try:
+            await worker.wait_http()
+            topic = iso.topic("conversation.inbound")
+            events = [message(f"pg-{n % 30}", f"m{n}") for n in range(1_500)]
+            producing = asyncio.create_task(
+                produce_steadily(settings.kafka_bootstrap, topic, [record(e) for e in events], 75)
+            )
+            await wait_rows(postgres.dsn, ALL_ROWS, (), 50)
+            assert postgres.stop()
+            await hold(20, worker)
+            assert postgres.up() == "started"
+            await producing
+            rows = await wait_rows(postgres.dsn, ALL_ROWS, (), len(events), timeout=120)
+            check_sequenced(rows, events)
+            await assert_no_dead_letters(iso)
+            assert "transient failure" in worker.log(100_000)
+        finally:
+            worker.stop()
+
+
+@pytest.fixture
+def private_kafka(stack: Settings) -> Iterator[KafkaBroker]:
+    home = stack.stack_dir / "test-instances" / f"kafka-{uuid.uuid4().hex[:8]}"
+    while True:
+        port = random.randrange(20000, 30000)
+        if not port_open("127.0.0.1", port) and not port_open("127.0.0.1", port + 1):
+            break
+    broker = KafkaBroker("127.0.0.1", port, home, stack.cache_dir)
+    broker.up()
+    yield broker
+    broker.stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+async def test_the_broker_restarted_mid_stream_loses_nothing(
+    iso: Isolated, private_kafka: KafkaBroker, worker_log: Path
+) -> None:
+    settings = dataclasses.replace(iso.settings, kafka_bootstrap=private_kafka.bootstrap)
+    worker = Worker(dataclasses.replace(iso, settings=settings).env(), worker_log).start()
+    try:
+        await worker.wait_http()
+        topic = iso.topic("conversation.inbound")
+        await create_topic(private_kafka.bootstrap, topic, settings.topic_partitions)
+        events = [message(f"k-{n % 20}", f"m{n}") for n in range(1_500)]
+        producing = asyncio.create_task(
+            produce_steadily(private_kafka.bootstrap, topic, [record(e) for e in events], 100)
+        )
+        await wait_rows(settings.postgres_dsn, ALL_ROWS, (), 200)
+        assert private_kafka.stop()
+        stored_while_down = len(query(settings.postgres_dsn, ALL_ROWS))
+        assert private_kafka.up() == "started"
+        await producing
+        rows = await wait_rows(settings.postgres_dsn, ALL_ROWS, (), len(events), timeout=180)
+        assert stored_while_down < len(events), "the restart came after the stream ended: not mid-stream"
+        check_sequenced(rows, events)
+        assert worker.proc is not None and worker.proc.poll() is None
+    finally:
+        worker.stop()
+
+
+async def test_a_worker_killed_mid_stream_and_restarted_stores_everything_once(iso: Isolated, worker_log: Path) -> None:
+    settings = iso.settings
+    topic = iso.topic("conversation.inbound")
+    await create_topic(settings.kafka_bootstrap, topic, settings.topic_partitions)
+    events = [message(f"kill-{n % 50}", f"m{n}") for n in range(10_000)]
+    await produce(settings.kafka_bootstrap, topic, [record(e) for e in events])
+    env = iso.env(SOMA_BATCH_MAX="100")
+    first = Worker(env, worker_log).start()
+    await first.wait_http()
+    await wait_rows(settings.postgres_dsn, ALL_ROWS, (), 1_000, timeout=60)
+    first.kill()
+    stored_at_kill = query(settings.postgres_dsn, "SELECT count(*) AS n FROM session_events")[0]["n"]
+    assert stored_at_kill < len(events), "the kill came after the stream ended: not mid-stream"
+    second = Worker(env, worker_log.with_name(worker_log.stem + "-restart.log"), port=free_port()).start()
+    try:
+        await second.wait_http()
+        rows = await wait_rows(settings.postgres_dsn, ALL_ROWS, (), len(events), timeout=120)
+        check_sequenced(rows, events)
+        await assert_no_dead_letters(iso)
+    finally:
+        second.stop()

@@ -1,0 +1,113 @@
+"""The tool executor on the real broker: each request runs once and its result is sequenced into the session."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from agents.tool_requests import result_id
+from deploy.localstack.base import free_port
+from tests.support.db import query, wait_rows
+from tests.support.events import record, tool_request
+from tests.support.isolation import Isolated
+from tests.support.kafka import create_topic, produce, read_topic
+from tests.support.worker import Worker
+
+RESULTS = "SELECT * FROM session_events WHERE type = 'tool.result' ORDER BY id"
+
+
+@pytest.fixture
+async def http_server() -> AsyncIterator[str]:
+    """A real HTTP server on loopback for ``http_fetch``: a page and an endpoint slower than the tool may wait."""
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text="hello from the test server", content_type="text/plain")
+
+    async def slow(_: web.Request) -> web.Response:
+        await asyncio.sleep(3)
+        return web.Response(text="too late")
+
+    app = web.Application()
+    app.add_routes([web.get("/page", page), web.get("/slow", slow)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def worker(iso: Isolated, artifacts: Path) -> AsyncIterator[Worker]:
+    env = iso.env(SOMA_HTTP_FETCH_ALLOWLIST="127.0.0.1", SOMA_TOOL_TIMEOUTS="http_fetch=0.5")
+    worker = Worker(env, artifacts / "logs" / f"tools-{iso.tag}.log").start()
+    await worker.wait_http()
+    yield worker
+    worker.stop()
+
+
+async def test_each_built_in_tool_round_trips_through_kafka_and_postgres(
+    iso: Isolated, worker: Worker, http_server: str
+) -> None:
+    settings = iso.settings
+    requests = [
+        tool_request("tools-1", "echo", {"text": "ping"}),
+        tool_request("tools-1", "timestamp", {}),
+        tool_request("tools-1", "http_fetch", {"url": f"{http_server}/page"}),
+        tool_request("tools-1", "no_such_tool", {}),
+        tool_request("tools-1", "http_fetch", {"url": f"{http_server}/slow"}),
+        tool_request("tools-1", "http_fetch", {"url": "http://example.com/"}),
+    ]
+    topic = iso.topic("tool.requests")
+    await create_topic(settings.kafka_bootstrap, topic, settings.topic_partitions)
+    before = datetime.now(UTC)
+    await produce(settings.kafka_bootstrap, topic, [record(r, "tool_request") for r in requests])
+
+    rows = await wait_rows(settings.postgres_dsn, RESULTS, (), len(requests), timeout=60)
+    results = {row["payload"]["request_id"]: row["payload"] for row in rows}
+    assert set(results) == {r["event_id"] for r in requests}
+    echo, stamp, page, unknown, slow, denied = (results[r["event_id"]] for r in requests)
+
+    assert (echo["status"], echo["payload"]) == ("ok", {"echo": {"text": "ping"}})
+    assert stamp["status"] == "ok"
+    assert before <= datetime.fromisoformat(stamp["payload"]["iso"]) <= datetime.now(UTC)
+    assert page["status"] == "ok" and page["payload"]["status"] == 200
+    assert page["payload"]["body"] == "hello from the test server"
+    assert (unknown["status"], unknown["payload"]["error"]["code"]) == ("error", "unknown_tool")
+    assert (slow["status"], slow["payload"]["error"]["code"]) == ("timeout", "timeout")
+    assert 0.5 <= slow["execution_time"] < 3
+    assert (denied["status"], denied["payload"]["error"]["code"]) == ("error", "host_not_allowed")
+    for request in requests:
+        result = results[request["event_id"]]
+        assert result["event_id"] == result_id(request["event_id"])
+        assert result["tool_name"] == request["tool_name"] and result["execution_time"] >= 0
+
+    # requests and results are all events of the session, with one gap-free sequence
+    session = query(
+        settings.postgres_dsn, "SELECT seq, type FROM session_events WHERE session_id = 'tools-1' ORDER BY seq"
+    )
+    assert [row["seq"] for row in session] == list(range(1, 2 * len(requests) + 1))
+    assert sorted(row["type"] for row in session) == ["tool.request"] * 6 + ["tool.result"] * 6
+    # the results went through the real tool.results topic, keyed by session
+    on_topic = await read_topic(settings.kafka_bootstrap, iso.topic("tool.results"), expect=len(requests))
+    assert {r.key for r in on_topic} == {b"tools-1"}
+
+
+async def test_a_replayed_request_does_not_run_its_tool_again(iso: Isolated, worker: Worker) -> None:
+    settings = iso.settings
+    topic = iso.topic("tool.requests")
+    await create_topic(settings.kafka_bootstrap, topic, settings.topic_partitions)
+    request = tool_request("tools-2", "echo", {"n": 1})
+    await produce(settings.kafka_bootstrap, topic, [record(request, "tool_request")])
+    await wait_rows(settings.postgres_dsn, RESULTS, (), 1)
+    sentinel = tool_request("tools-2", "echo", {"n": 2})
+    await produce(settings.kafka_bootstrap, topic, [record(request, "tool_request"), record(sentinel, "tool_request")])
+    rows = await wait_rows(settings.postgres_dsn, RESULTS, (), 2)
+    assert [row["payload"]["request_id"] for row in rows] == [request["event_id"], sentinel["event_id"]]
+    on_topic = await read_topic(settings.kafka_bootstrap, iso.topic("tool.results"), expect=2)
+    assert len(on_topic) == 2, "the replayed request published no second result"
