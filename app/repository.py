@@ -178,3 +178,43 @@ async def stored_ids(pool: aiopg.Pool, event_ids: list[str]) -> set[str]:
     async with pool.acquire() as conn, conn.cursor() as cur:
         await cur.execute(_STORED_IDS, (event_ids,))
         return {row[0] for row in await cur.fetchall()}
+
+
+_EVENTS_AFTER = """
+SELECT payload FROM session_events WHERE session_id = %s AND seq > %s AND seq < %s ORDER BY seq LIMIT %s
+"""
+_ENVELOPE = """
+SELECT session_id, persona_id, tenant, subject, issuer, scope, metadata, analysis, last_seq, created_at, updated_at
+FROM session_envelopes WHERE session_id = %s
+"""
+
+
+async def events_after(
+    pool: aiopg.Pool, session_id: str, after: int, limit: int, before: int | None = None
+) -> list[dict[str, Any]]:
+    """Stored events of a session with ``after < seq < before``, in seq order, at most ``limit`` of them."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(_EVENTS_AFTER, (session_id, after, before if before is not None else 2**62, limit))
+        return [row[0] for row in await cur.fetchall()]
+
+
+async def envelope(pool: aiopg.Pool, session_id: str) -> dict[str, Any] | None:
+    """The session's envelope as JSON-ready values, or None for an unknown session."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(_ENVELOPE, (session_id,))
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        names = [column.name for column in cur.description or ()]
+    found = dict(zip(names, row, strict=True))
+    for stamp in ("created_at", "updated_at"):
+        found[stamp] = found[stamp].isoformat()
+    return found
+
+
+async def head_seq(pool: aiopg.Pool, session_id: str) -> int:
+    """The highest seq stored for the session (0 for a session with no events)."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("SELECT last_seq FROM session_envelopes WHERE session_id = %s", (session_id,))
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0

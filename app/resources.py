@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaClient
 from mode import Service
 
+from app.feed_hub import FeedHub
 from app.settings import Settings
 
 
@@ -37,6 +38,13 @@ class Resources(Service):
         self._kafka: AIOKafkaClient | None = None
         self._kafka_bootstrapped = False
         self._http: aiohttp.ClientSession | None = None
+        self._hub: FeedHub | None = None
+
+    def feed_hub(self) -> FeedHub:
+        """The worker's session-feed subscription, created on first use on the running loop."""
+        if self._hub is None:
+            self._hub = FeedHub(self.settings)
+        return self._hub
 
     def http(self) -> aiohttp.ClientSession:
         """The worker's HTTP client (tools), created on first use on the running loop."""
@@ -74,6 +82,8 @@ class Resources(Service):
         return len(metadata.brokers())
 
     async def on_stop(self) -> None:
+        if self._hub is not None:
+            await self._hub.close()
         if self._http is not None:
             await self._http.close()
         await self.redis.aclose()

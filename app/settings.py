@@ -51,6 +51,14 @@ class Settings:
     # <prefix>session:<session_id>:feed)
     redis_prefix: str = "soma:"
     session_cache_ttl_seconds: int = 900
+    # streams (WebSocket and SSE): recovery depth, per-connection queue, keep-alives, message size
+    stream_recovery_max: int = 10_000
+    stream_queue_max: int = 1_000
+    sse_heartbeat_seconds: float = 15.0
+    sse_retry_ms: int = 2_000
+    ws_heartbeat_seconds: float = 20.0
+    ws_max_message_bytes: int = 65_536
+    idempotency_ttl_seconds: int = 86_400
     # tools: default timeout, per-tool overrides ("http_fetch=5,echo=1"), http_fetch limits
     tool_timeout_seconds: float = 10.0
     tool_timeouts: str = ""
@@ -100,6 +108,12 @@ class Settings:
             raise SettingsError(
                 "SOMA_MAX_EVENT_BYTES, SOMA_TOOL_TIMEOUT_SECONDS and SOMA_HTTP_FETCH_MAX_BYTES are too small"
             )
+        if self.stream_recovery_max < 1 or self.stream_queue_max < 1 or self.ws_max_message_bytes < 1024:
+            raise SettingsError(
+                "SOMA_STREAM_RECOVERY_MAX, SOMA_STREAM_QUEUE_MAX and SOMA_WS_MAX_MESSAGE_BYTES too small"
+            )
+        if self.sse_heartbeat_seconds <= 0 or self.ws_heartbeat_seconds <= 0 or self.idempotency_ttl_seconds < 1:
+            raise SettingsError("heartbeats and SOMA_IDEMPOTENCY_TTL_SECONDS must be positive")
         self.tool_timeout_map()
 
     def tool_timeout_map(self) -> dict[str, float]:

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from app.errors import EventInvalid
+from app.faust_app import create_app
+from app.publish import send_event
 from tests.support.db import query, wait_rows
 from tests.support.events import check_sequenced, message, record
 from tests.support.feed import FeedListener
 from tests.support.isolation import Isolated
-from tests.support.kafka import create_topic, produce
+from tests.support.kafka import create_topic, end_offsets, produce
 from tests.support.worker import Worker
 
 ALL_ROWS = "SELECT * FROM session_events ORDER BY id"
@@ -140,3 +143,15 @@ async def test_sequence_numbers_survive_a_restart(iso: Isolated, start_worker: S
     await produce(settings.kafka_bootstrap, topic, [record(e) for e in after])
     rows = await wait_rows(settings.postgres_dsn, ALL_ROWS, (), 6)
     check_sequenced(rows, before + after)
+
+
+async def test_an_invalid_event_is_refused_before_anything_is_sent(iso: Isolated) -> None:
+    settings = iso.settings
+    topic = iso.topic("conversation.outbound")
+    await create_topic(settings.kafka_bootstrap, topic, settings.topic_partitions)
+    app = create_app(settings)
+    bad = message("refused-1", "no role")
+    del bad["role"]
+    with pytest.raises(EventInvalid, match="'role' is a required property"):
+        await send_event(app, "conversation.outbound", bad, "conversation_event")
+    assert await end_offsets(settings.kafka_bootstrap, topic) == 0

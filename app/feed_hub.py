@@ -1,0 +1,128 @@
+"""One Redis subscription per worker, fanned out to the local viewers of each watched session.
+
+A worker subscribes only to the channels of sessions someone watches on it, so its delivery cost grows
+with the sessions watched here, not with the cluster's traffic. When the Redis connection drops, events
+may have been missed: every listener is told to resynchronise (from Postgres, by seq) once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from app.feed import channel
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class FeedListener:
+    """What a viewer gives the hub: called on the loop for each event, and after a reconnect."""
+
+    def __init__(self, on_event: Callable[[dict[str, Any]], None], on_resync: Callable[[], None]) -> None:
+        self.on_event = on_event
+        self.on_resync = on_resync
+
+
+class FeedHub:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client = aioredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=settings.health_timeout_seconds
+        )
+        self._pubsub: aioredis.client.PubSub | None = None
+        self._listeners: dict[str, set[FeedListener]] = {}
+        self._channels: dict[bytes, str] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def watched(self) -> int:
+        return len(self._listeners)
+
+    async def subscribe(self, session_id: str, listener: FeedListener) -> None:
+        """Deliver ``session_id``'s feed to ``listener``; returns once the subscription is in place."""
+        async with self._lock:
+            listeners = self._listeners.setdefault(session_id, set())
+            listeners.add(listener)
+            if len(listeners) == 1:
+                name = channel(self.settings, session_id)
+                self._channels[name.encode()] = session_id
+                await self._ensure().subscribe(name)
+            if self._task is None or self._task.done():
+                self._task = asyncio.create_task(self._run(), name="feed hub")
+
+    async def unsubscribe(self, session_id: str, listener: FeedListener) -> None:
+        async with self._lock:
+            listeners = self._listeners.get(session_id)
+            if listeners is None:
+                return
+            listeners.discard(listener)
+            if not listeners:
+                del self._listeners[session_id]
+                name = channel(self.settings, session_id)
+                self._channels.pop(name.encode(), None)
+                if self._pubsub is not None:
+                    with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                        await self._pubsub.unsubscribe(name)
+
+    def _ensure(self) -> aioredis.client.PubSub:
+        if self._pubsub is None:
+            self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        return self._pubsub
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while self._listeners:
+            pubsub = self._ensure()
+            try:
+                while self._listeners:
+                    message = await pubsub.get_message(timeout=1.0)
+                    delay = 0.1
+                    if message is not None and message["type"] == "message":
+                        self._dispatch(message["channel"], message["data"])
+            except (redis.exceptions.RedisError, OSError, RuntimeError) as exc:
+                log.warning("session feed connection lost (%r); resubscribing in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                await self._resubscribe()
+
+    async def _resubscribe(self) -> None:
+        async with self._lock:
+            if self._pubsub is not None:
+                with contextlib.suppress(Exception):
+                    await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            self._pubsub = None
+            try:
+                if self._channels:
+                    await self._ensure().subscribe(*(name.decode() for name in self._channels))
+            except (redis.exceptions.RedisError, OSError):
+                return  # still down: the run loop fails again and retries
+        for listeners in list(self._listeners.values()):
+            for listener in list(listeners):
+                listener.on_resync()
+
+    def _dispatch(self, name: bytes, data: bytes) -> None:
+        session_id = self._channels.get(name)
+        if session_id is None:
+            return
+        event = json.loads(data)
+        for listener in list(self._listeners.get(session_id, ())):
+            listener.on_event(event)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._client.aclose()

@@ -1,0 +1,63 @@
+"""Client messages from any entry point (POST, quick action, WebSocket): validated, then published once acked."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from app import events, schemas
+from app.errors import ApiError, EventInvalid
+from app.publish import publish
+from app.topics import CONVERSATION_INBOUND
+from views.base import invalid
+
+if TYPE_CHECKING:
+    from app.faust_app import SomaApp
+
+# a retried request with the same Idempotency-Key gets the same event and session ids
+IDEMPOTENCY_NAMESPACE = uuid.UUID("2b0a3c9e-51f4-4f0b-8c55-3f6f0f7d2a11")
+
+ACTIONS = {
+    "summarize": "Summarize this conversation so far.",
+    "next_steps": "List the next steps we agreed on in this conversation, with who does each.",
+    "status_report": "Write a short status report of this session: what was asked, what was done, what is open.",
+}
+
+
+class UnknownAction(ApiError):
+    status = 400
+    code = "unknown_action"
+
+
+def validated(schema: str, body: Any) -> dict[str, Any]:
+    try:
+        schemas.validate(schema, body)
+    except EventInvalid as exc:
+        raise invalid(exc) from exc
+    result: dict[str, Any] = body
+    return result
+
+
+def action_message(body: dict[str, Any]) -> dict[str, Any]:
+    """The message_request a quick action stands for (seed contract: metadata.source and metadata.action)."""
+    action = body["action"]
+    if action not in ACTIONS:
+        raise UnknownAction(f"Unknown action {action!r}; expected one of {', '.join(sorted(ACTIONS))}")
+    metadata = {**(body.get("metadata") or {}), "source": "quick_action", "action": action}
+    return {
+        "session_id": body.get("session_id"),
+        "persona_id": body.get("persona_id"),
+        "message": ACTIONS[action],
+        "metadata": metadata,
+    }
+
+
+async def accept_message(app: SomaApp, request: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+    """Publish a validated ``message_request`` as a ``user.message``; the answer once the broker acked it."""
+    event = events.user_message(request)
+    if idempotency_key is not None:
+        event["event_id"] = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, "event:" + idempotency_key))
+        if not request.get("session_id"):
+            event["session_id"] = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, "session:" + idempotency_key))
+    await publish(app, CONVERSATION_INBOUND, event, "conversation_event")
+    return {"session_id": event["session_id"], "event_id": event["event_id"]}

@@ -1,0 +1,119 @@
+"""WebSocket transport of a session stream: events as JSON frames, client messages in, acks and errors out.
+
+Frames from the server: each stored event (JSON with its ``seq``), then control frames with a ``type`` of
+``recovered`` (after the replay), ``ack`` (a client message was accepted) or ``error``. Close codes:
+1001 server shutdown, 1009 client frame too large, 1013 slow reader (reconnect with ``?after=<last seq>``),
+1011 internal error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from app.errors import ApiError
+from views.connections import registry
+from views.intake import accept_message, validated
+from views.session_stream import SessionStream, SlowReader
+
+if TYPE_CHECKING:
+    from app.faust_app import SomaApp
+
+log = logging.getLogger(__name__)
+SLOW_READER = 1013  # RFC 6455 "try again later"
+CLOSE_SECONDS = 5.0
+
+
+class SocketConnection:
+    def __init__(self, app: SomaApp, ws: web.WebSocketResponse, session_id: str, after: int) -> None:
+        self.app = app
+        self.ws = ws
+        self.session_id = session_id
+        self.stream = SessionStream(app, session_id, after)
+        self._send_lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        registry.add(self)
+        await self.stream.open()
+        sender = asyncio.create_task(self._send_events(), name=f"ws send {self.session_id}")
+        watchdog = asyncio.create_task(self._close_when_overflowing(), name=f"ws watchdog {self.session_id}")
+        try:
+            async for message in self.ws:
+                if message.type == WSMsgType.TEXT:
+                    await self._on_client_message(message.data)
+                elif message.type == WSMsgType.BINARY:
+                    await self._send(
+                        {"type": "error", "code": "binary_not_supported", "message": "send JSON text frames"}
+                    )
+        finally:
+            for task in (sender, watchdog):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            registry.remove(self)
+            await self.stream.close()
+
+    async def _send(self, frame: dict[str, Any]) -> None:
+        async with self._send_lock:
+            await self.ws.send_str(json.dumps(frame, separators=(",", ":"), ensure_ascii=False))
+
+    async def _send_events(self) -> None:
+        try:
+            async for event in self.stream.history():
+                await self._send(event)
+            await self._send(self.stream.recovery.frame())
+            async for event in self.stream.live():
+                await self._send(event)
+        except SlowReader:
+            await self.close(SLOW_READER, f"slow reader; resume with after={self.stream.last_sent}")
+        except (ConnectionResetError, RuntimeError):
+            pass  # the peer went away mid-send
+        except Exception:
+            log.exception("stream of session %s failed", self.session_id)
+            await self.close(WSCloseCode.INTERNAL_ERROR, "internal error; resume with after")
+
+    async def _close_when_overflowing(self) -> None:
+        # the sender may be stuck writing to a reader that does not read: close from here
+        await self.stream.overflowed.wait()
+        await self.close(SLOW_READER, f"slow reader; resume with after={self.stream.last_sent}")
+
+    async def _on_client_message(self, data: str) -> None:
+        try:
+            body = json.loads(data)
+        except json.JSONDecodeError:
+            await self._send({"type": "error", "code": "malformed_json", "message": "frame is not valid JSON"})
+            return
+        ref = body.get("ref") if isinstance(body, dict) else None
+        try:
+            if isinstance(body, dict):
+                body = {k: v for k, v in body.items() if k != "ref"}
+                if body.setdefault("session_id", self.session_id) != self.session_id:
+                    raise ApiError("session_id differs from the stream's session", code="session_mismatch")
+            answer = await accept_message(self.app, validated("message_request", body))
+        except ApiError as exc:
+            await self._send({"type": "error", "ref": ref, **exc.body()["error"]})
+            return
+        await self._send({"type": "ack", "ref": ref, **answer})
+
+    async def close(self, code: int, reason: str) -> None:
+        try:
+            async with asyncio.timeout(CLOSE_SECONDS):
+                await self.ws.close(code=code, message=reason.encode()[:120])
+        except (TimeoutError, ConnectionResetError, RuntimeError):
+            pass  # aiohttp has closed the transport already
+
+    async def shutdown(self) -> None:
+        await self.close(WSCloseCode.GOING_AWAY, "server shutting down; resume with after")
+
+
+async def serve(app: SomaApp, request: web.Request, session_id: str, after: int) -> web.WebSocketResponse:
+    settings = app.settings
+    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_seconds, max_msg_size=settings.ws_max_message_bytes)
+    await ws.prepare(request)
+    await SocketConnection(app, ws, session_id, after).run()
+    return ws

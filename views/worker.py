@@ -1,0 +1,30 @@
+"""``GET /v1/worker``: what this worker holds: its partitions, open streams and watched sessions."""
+
+from __future__ import annotations
+
+import os
+
+from faust.web import Request, Response
+
+from app import app
+from views.base import ApiView
+from views.connections import registry
+
+
+@app.page("/v1/worker")
+class WorkerInfo(ApiView):
+    async def get(self, request: Request) -> Response:
+        try:
+            assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment())
+        except Exception:  # the consumer is not started yet
+            assigned = []
+        return self.json(
+            {
+                "pid": os.getpid(),
+                "app_id": app.settings.app_id,
+                "web_port": app.conf.web_port,
+                "assigned": assigned,
+                "open_streams": len(registry),
+                "watched_sessions": app.resources.feed_hub().watched,
+            }
+        )
