@@ -47,8 +47,8 @@ schema-drift: venv ## compare schemas with the released version
 test: lint typecheck schema-drift migrate ## quality gates, then the whole suite against the real servers
 	$(VENV)/bin/pytest
 
-bench: migrate ## benchmarks: print figures beside a baseline measured in the same run
-	$(VENV)/bin/pytest -p no:cacheprovider -o testpaths=tests/bench tests/bench -s
+bench: migrate ## benchmarks (tests/bench/bench_*.py): figures beside a baseline measured in the same run
+	$(VENV)/bin/pytest tests/bench -s -p no:cacheprovider -o python_files='bench_*.py' -o timeout=1800
 
 clean: stack-down ## stop the stack and remove the virtualenv and local data
 	rm -rf $(VENV) .stack

@@ -83,11 +83,17 @@ class FeedHub:
         while self._listeners:
             pubsub = self._ensure()
             try:
-                while self._listeners:
-                    message = await pubsub.get_message(timeout=1.0)
+                # listen() blocks on the socket; get_message(timeout=...) can sit out its whole timeout with
+                # messages already buffered, which showed as ~1 s delivery stalls
+                async for message in pubsub.listen():
                     delay = 0.1
-                    if message is not None and message["type"] == "message":
+                    if message["type"] == "message":
                         self._dispatch(message["channel"], message["data"])
+                # listen() returns once nothing is subscribed any more
+                if not self._listeners:
+                    return
+                # a listener is being added and its channel is not subscribed yet: let it finish
+                await asyncio.sleep(0.01)
             except (redis.exceptions.RedisError, OSError, RuntimeError) as exc:
                 log.warning("session feed connection lost (%r); resubscribing in %.1fs", exc, delay)
                 await asyncio.sleep(delay)

@@ -140,3 +140,27 @@ async def test_a_stream_resumed_repeatedly_under_load_sees_every_event_once_in_o
                         break
     await producing
     assert seen == list(range(1, total + 1))
+
+
+async def test_shutdown_closes_every_socket_with_1001(iso: Isolated, artifacts: Path) -> None:
+    worker = Worker(iso.env(), artifacts / "logs" / f"shutdown-{iso.tag}.log").start()
+    try:
+        await worker.wait_http()
+        async with aiohttp.ClientSession() as http:
+            sockets = [await http.ws_connect(f"{worker.url}/v1/session/bye-{n}/stream") for n in range(3)]
+            for ws in sockets:
+                assert (await ws_frames(ws, 1))[0]["type"] == "recovered"
+            sse = await http.get(f"{worker.url}/v1/session/bye-0/events", headers={"Accept": "text/event-stream"})
+            assert await SseReader(sse).block() == b"retry: 2000\n\n"  # the stream is open
+            worker.proc.terminate()  # type: ignore[union-attr]
+            for ws in sockets:
+                closing = await ws.receive(timeout=20)
+                assert closing.type == aiohttp.WSMsgType.CLOSE, closing
+                assert closing.data == 1001 and closing.extra.startswith("server shutting down")
+            # read() returns at the end of the stream: the SSE response was ended, not left hanging
+            rest = await asyncio.wait_for(sse.content.read(), 20)
+            assert rest.startswith(b"event: recovered\n") and rest.endswith(b"\n\n")
+            sse.close()
+        assert worker.proc is not None and worker.proc.wait(30) == 0
+    finally:
+        worker.stop()

@@ -27,36 +27,47 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SLOW_READER = 1013  # RFC 6455 "try again later"
 CLOSE_SECONDS = 5.0
+ABORT_GRACE_SECONDS = 60.0
 
 
 class SocketConnection:
-    def __init__(self, app: SomaApp, ws: web.WebSocketResponse, session_id: str, after: int) -> None:
+    def __init__(
+        self, app: SomaApp, request: web.Request, ws: web.WebSocketResponse, session_id: str, after: int
+    ) -> None:
         self.app = app
+        self.request_transport = request.transport
         self.ws = ws
         self.session_id = session_id
         self.stream = SessionStream(app, session_id, after)
         self._send_lock = asyncio.Lock()
+        self._closed = asyncio.Event()
 
     async def run(self) -> None:
         registry.add(self)
         await self.stream.open()
-        sender = asyncio.create_task(self._send_events(), name=f"ws send {self.session_id}")
-        watchdog = asyncio.create_task(self._close_when_overflowing(), name=f"ws watchdog {self.session_id}")
+        tasks = [
+            asyncio.create_task(self._receive(), name=f"ws receive {self.session_id}"),
+            asyncio.create_task(self._send_events(), name=f"ws send {self.session_id}"),
+            asyncio.create_task(self._close_when_overflowing(), name=f"ws watchdog {self.session_id}"),
+        ]
+        closed = asyncio.ensure_future(self._closed.wait())
         try:
-            async for message in self.ws:
-                if message.type == WSMsgType.TEXT:
-                    await self._on_client_message(message.data)
-                elif message.type == WSMsgType.BINARY:
-                    await self._send(
-                        {"type": "error", "code": "binary_not_supported", "message": "send JSON text frames"}
-                    )
+            # the client leaving ends the receive task; a close of ours (slow reader, shutdown) sets _closed
+            await asyncio.wait({tasks[0], closed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (sender, watchdog):
+            for task in [*tasks, closed]:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             registry.remove(self)
             await self.stream.close()
+
+    async def _receive(self) -> None:
+        async for message in self.ws:
+            if message.type == WSMsgType.TEXT:
+                await self._on_client_message(message.data)
+            elif message.type == WSMsgType.BINARY:
+                await self._send({"type": "error", "code": "binary_not_supported", "message": "send JSON text frames"})
 
     async def _send(self, frame: dict[str, Any]) -> None:
         async with self._send_lock:
@@ -101,11 +112,17 @@ class SocketConnection:
         await self._send({"type": "ack", "ref": ref, **answer})
 
     async def close(self, code: int, reason: str) -> None:
+        """Send the close frame and release the stream; a peer that does not read is dropped later."""
         try:
             async with asyncio.timeout(CLOSE_SECONDS):
                 await self.ws.close(code=code, message=reason.encode()[:120])
         except (TimeoutError, ConnectionResetError, RuntimeError):
-            pass  # aiohttp has closed the transport already
+            # the close frame is queued behind what the peer has not read yet; it gets both if it reads
+            # within the grace period, after which the connection (and its buffer) is dropped
+            transport = self.request_transport
+            if transport is not None:
+                asyncio.get_running_loop().call_later(ABORT_GRACE_SECONDS, transport.abort)
+        self._closed.set()
 
     async def shutdown(self) -> None:
         await self.close(WSCloseCode.GOING_AWAY, "server shutting down; resume with after")
@@ -115,5 +132,5 @@ async def serve(app: SomaApp, request: web.Request, session_id: str, after: int)
     settings = app.settings
     ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_seconds, max_msg_size=settings.ws_max_message_bytes)
     await ws.prepare(request)
-    await SocketConnection(app, ws, session_id, after).run()
+    await SocketConnection(app, request, ws, session_id, after).run()
     return ws

@@ -1,0 +1,176 @@
+"""The HTTP API against its OpenAPI document: every answer documented, bad input a 4xx with a code, never 5xx."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from tests.support.db import query, wait_rows
+from tests.support.isolation import Isolated
+from tests.support.worker import Worker
+
+DOC_URI = "urn:somaagent01:openapi"
+
+
+@pytest.fixture(scope="module")
+async def worker(iso_module: Isolated, artifacts: Path) -> AsyncIterator[Worker]:
+    worker = Worker(iso_module.env(), artifacts / "logs" / f"http-{iso_module.tag}.log").start()
+    await worker.wait_http()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(scope="module")
+async def openapi(worker: Worker) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(worker.url + "/openapi.json") as resp:
+        assert resp.status == 200 and resp.content_type == "application/json"
+        doc: dict[str, Any] = await resp.json()
+    assert doc["openapi"].startswith("3.1")
+    return doc
+
+
+class Api:
+    """Sends a request and checks the answer against the OpenAPI document."""
+
+    def __init__(self, worker: Worker, doc: dict[str, Any]) -> None:
+        self.worker = worker
+        self.doc = doc
+        self.registry: Registry[Any] = Registry().with_resource(
+            DOC_URI, Resource.from_contents(doc, default_specification=DRAFT202012)
+        )
+
+    async def call(
+        self, method: str, template: str, path: str, *, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(
+                method,
+                self.worker.url + path,
+                data=io.BytesIO(body) if body is not None else None,
+                headers=headers or {},
+            ) as resp,
+        ):
+            raw = await resp.read()
+            status = resp.status
+            content_type = resp.content_type
+        assert status < 500, (method, path, status, raw[:300])
+        responses = self.doc["paths"][template][method.lower()]["responses"]
+        assert str(status) in responses, f"{method} {template} answered {status}, not documented"
+        answer = json.loads(raw) if raw and content_type == "application/json" else raw
+        schema = responses[str(status)].get("content", {}).get(content_type, {}).get("schema")
+        if schema is not None:
+            if "$ref" in schema:
+                schema = {"$ref": DOC_URI + schema["$ref"]}
+            Draft202012Validator(schema, registry=self.registry).validate(answer)
+        return status, answer
+
+
+@pytest.fixture(scope="module")
+def api(worker: Worker, openapi: dict[str, Any]) -> Api:
+    return Api(worker, openapi)
+
+
+JSON = {"Content-Type": "application/json"}
+MESSAGE = ("POST", "/v1/session/message", "/v1/session/message")
+ACTION = ("POST", "/v1/session/action", "/v1/session/action")
+ENVELOPE = ("GET", "/v1/session/{session_id}")
+EVENTS = ("GET", "/v1/session/{session_id}/events")
+STREAM = ("GET", "/v1/session/{session_id}/stream")
+
+
+@pytest.mark.parametrize(
+    ("method", "template", "path", "body", "headers", "status", "code"),
+    [
+        (*MESSAGE, b"{", JSON, 400, "malformed_json"),
+        (*MESSAGE, b"{}", JSON, 422, "validation_failed"),
+        (*MESSAGE, b'{"message":"x"}', {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+        (*MESSAGE, b'{"message":"' + b"x" * 1_100_000 + b'"}', JSON, 413, "payload_too_large"),
+        (*MESSAGE, b'{"message":"x"}', {**JSON, "Idempotency-Key": "has space"}, 400, "invalid_idempotency_key"),
+        (*ACTION, b'{"action":"dance"}', JSON, 400, "unknown_action"),
+        (*ACTION, b'{"session_id":"s"}', JSON, 422, "validation_failed"),
+        (*ACTION, b"nope", JSON, 400, "malformed_json"),
+        (*ENVELOPE, "/v1/session/never-seen", None, None, 404, "session_not_found"),
+        (*ENVELOPE, "/v1/session/bad%20id", None, None, 400, "invalid_parameter"),
+        (*EVENTS, "/v1/session/never-seen/events", None, None, 404, "session_not_found"),
+        (*EVENTS, "/v1/session/s/events?after=-1", None, None, 400, "invalid_parameter"),
+        (*EVENTS, "/v1/session/s/events?limit=0", None, None, 400, "invalid_parameter"),
+        (*EVENTS, "/v1/session/s/events?limit=abc", None, None, 400, "invalid_parameter"),
+        (*STREAM, "/v1/session/s/stream", None, None, 426, "upgrade_required"),
+        (*STREAM, "/v1/session/s/stream?after=x", None, None, 400, "invalid_parameter"),
+    ],
+)
+async def test_bad_input_on_every_endpoint_is_a_documented_4xx(
+    api: Api,
+    method: str,
+    template: str,
+    path: str,
+    body: bytes | None,
+    headers: dict[str, str] | None,
+    status: int,
+    code: str,
+) -> None:
+    got, answer = await api.call(method, template, path, body=body, headers=headers)
+    assert (got, answer["error"]["code"]) == (status, code)
+
+
+async def test_good_requests_match_the_document(api: Api, iso_module: Isolated) -> None:
+    session = f"api-{uuid.uuid4().hex[:8]}"
+    status, accepted = await api.call(
+        *MESSAGE, body=json.dumps({"session_id": session, "message": "hi"}).encode(), headers=JSON
+    )
+    assert status == 202 and accepted["session_id"] == session
+    status, _ = await api.call(
+        *ACTION, body=json.dumps({"session_id": session, "action": "next_steps"}).encode(), headers=JSON
+    )
+    assert status == 202
+    await wait_rows(
+        iso_module.settings.postgres_dsn, "SELECT 1 FROM session_events WHERE session_id = %s", (session,), 2
+    )
+    status, envelope = await api.call(*ENVELOPE, f"/v1/session/{session}")
+    assert status == 200 and envelope["last_seq"] == 2
+    assert envelope["metadata"] == {"source": "quick_action", "action": "next_steps"}
+    status, page = await api.call(*EVENTS, f"/v1/session/{session}/events?limit=1")
+    assert status == 200 and [e["seq"] for e in page["events"]] == [1] and page["next_after"] == 1
+    status, page = await api.call(*EVENTS, f"/v1/session/{session}/events?after=1&limit=10")
+    assert [e["message"] for e in page["events"]] == [
+        "List the next steps we agreed on in this conversation, with who does each."
+    ]
+    assert page["head_seq"] == 2
+    assert (await api.call("GET", "/health", "/health"))[0] == 200
+    assert (await api.call("GET", "/v1/worker", "/v1/worker"))[0] == 200
+
+
+async def test_an_idempotency_key_retry_returns_the_first_answer_and_stores_one_event(
+    api: Api, iso_module: Isolated
+) -> None:
+    dsn = iso_module.settings.postgres_dsn
+    key = f"retry-{uuid.uuid4()}"
+    body = json.dumps({"message": "exactly once"}).encode()
+    answers = [await api.call(*MESSAGE, body=body, headers={**JSON, "Idempotency-Key": key}) for _ in range(3)]
+    assert {status for status, _ in answers} == {202}
+    assert answers[0][1] == answers[1][1] == answers[2][1]
+    session = answers[0][1]["session_id"]
+    # a later event of the session proves the retries were processed (or never enqueued) before it
+    await api.call(*MESSAGE, body=json.dumps({"session_id": session, "message": "after"}).encode(), headers=JSON)
+    rows = await wait_rows(
+        dsn, "SELECT event_id, seq FROM session_events WHERE session_id = %s ORDER BY seq", (session,), 2
+    )
+    assert (str(rows[0]["event_id"]), rows[0]["seq"]) == (answers[0][1]["event_id"], 1)
+    assert len(rows) == 2
+    # the same key with another body is refused, and enqueues nothing
+    status, refused = await api.call(
+        *MESSAGE, body=json.dumps({"message": "different"}).encode(), headers={**JSON, "Idempotency-Key": key}
+    )
+    assert (status, refused["error"]["code"]) == (422, "idempotency_key_reused")
+    assert len(query(dsn, "SELECT 1 FROM session_events WHERE session_id = %s", (session,))) == 2
