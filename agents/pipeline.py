@@ -15,7 +15,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from faust.streams import _current_event
 
@@ -199,4 +199,4 @@ def _mirror_to_table(result: BatchResult, items: list[Incoming], origin: dict[in
             _current_event.reset(token)
 
 
-__all__ = ["Any", "Kind", "consume", "process_batch"]
+__all__ = ["Kind", "consume", "process_batch"]

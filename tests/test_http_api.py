@@ -17,17 +17,15 @@ from referencing.jsonschema import DRAFT202012
 
 from tests.support.db import query, wait_rows
 from tests.support.isolation import Isolated
-from tests.support.worker import Worker
+from tests.support.worker import Worker, running
 
 DOC_URI = "urn:somaagent01:openapi"
 
 
 @pytest.fixture(scope="module")
 async def worker(iso_module: Isolated, artifacts: Path) -> AsyncIterator[Worker]:
-    worker = Worker(iso_module.env(), artifacts / "logs" / f"http-{iso_module.tag}.log").start()
-    await worker.wait_http()
-    yield worker
-    worker.stop()
+    async with running(iso_module.env(), artifacts / "logs" / f"http-{iso_module.tag}.log") as worker:
+        yield worker
 
 
 @pytest.fixture(scope="module")

@@ -14,17 +14,15 @@ import pytest
 from tests.support.db import query, wait_rows
 from tests.support.isolation import Isolated
 from tests.support.kafka import end_offsets, read_topic
-from tests.support.worker import Worker
+from tests.support.worker import Worker, running
 
 EVENTS_OF = "SELECT * FROM session_events WHERE session_id = %s ORDER BY seq"
 
 
 @pytest.fixture(scope="module")
 async def worker(iso_module: Isolated, artifacts: Path) -> AsyncIterator[Worker]:
-    worker = Worker(iso_module.env(), artifacts / "logs" / f"smoke-{iso_module.tag}.log").start()
-    await worker.wait_http()
-    yield worker
-    worker.stop()
+    async with running(iso_module.env(), artifacts / "logs" / f"smoke-{iso_module.tag}.log") as worker:
+        yield worker
 
 
 async def post(worker: Worker, body: bytes, content_type: str | None = "application/json") -> tuple[int, dict]:

@@ -18,7 +18,7 @@ from tests.support.events import message, record
 from tests.support.isolation import Isolated
 from tests.support.kafka import create_topic, produce
 from tests.support.rawws import RawWebSocket
-from tests.support.worker import Worker
+from tests.support.worker import Worker, running
 
 QUEUE_MAX = 50
 EVENT_TEXT = 50_000
@@ -35,10 +35,8 @@ def rss_mb(pid: int) -> float:
 @pytest.fixture
 async def worker(iso: Isolated, artifacts: Path) -> AsyncIterator[Worker]:
     env = iso.env(SOMA_STREAM_QUEUE_MAX=str(QUEUE_MAX), SOMA_BATCH_MAX="50")
-    worker = Worker(env, artifacts / "logs" / f"limits-{iso.tag}.log").start()
-    await worker.wait_http()
-    yield worker
-    worker.stop()
+    async with running(env, artifacts / "logs" / f"limits-{iso.tag}.log") as worker:
+        yield worker
 
 
 async def flood(iso: Isolated, session: str, already: int) -> None:

@@ -14,16 +14,14 @@ import pytest
 from tests.support.client import SseReader, post_message, ws_frames
 from tests.support.db import wait_rows
 from tests.support.isolation import Isolated
-from tests.support.worker import Worker
+from tests.support.worker import Worker, running
 
 
 @pytest.fixture(scope="module")
 async def worker(iso_module: Isolated, artifacts: Path) -> AsyncIterator[Worker]:
     env = iso_module.env(SOMA_SSE_HEARTBEAT_SECONDS="0.5", SOMA_SSE_RETRY_MS="1500", SOMA_WS_MAX_MESSAGE_BYTES="4096")
-    worker = Worker(env, artifacts / "logs" / f"streaming-{iso_module.tag}.log").start()
-    await worker.wait_http()
-    yield worker
-    worker.stop()
+    async with running(env, artifacts / "logs" / f"streaming-{iso_module.tag}.log") as worker:
+        yield worker
 
 
 async def send(worker: Worker, session: str, count: int, start: int = 0) -> list[str]:

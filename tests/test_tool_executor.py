@@ -16,7 +16,7 @@ from tests.support.db import query, wait_rows
 from tests.support.events import record, tool_request
 from tests.support.isolation import Isolated
 from tests.support.kafka import create_topic, produce, read_topic
-from tests.support.worker import Worker
+from tests.support.worker import Worker, running
 
 RESULTS = "SELECT * FROM session_events WHERE type = 'tool.result' ORDER BY id"
 
@@ -45,10 +45,8 @@ async def http_server() -> AsyncIterator[str]:
 @pytest.fixture
 async def worker(iso: Isolated, artifacts: Path) -> AsyncIterator[Worker]:
     env = iso.env(SOMA_HTTP_FETCH_ALLOWLIST="127.0.0.1", SOMA_TOOL_TIMEOUTS="http_fetch=0.5")
-    worker = Worker(env, artifacts / "logs" / f"tools-{iso.tag}.log").start()
-    await worker.wait_http()
-    yield worker
-    worker.stop()
+    async with running(env, artifacts / "logs" / f"tools-{iso.tag}.log") as worker:
+        yield worker
 
 
 async def test_each_built_in_tool_round_trips_through_kafka_and_postgres(

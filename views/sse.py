@@ -9,15 +9,15 @@ browser reconnects and resumes).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from views.connections import registry
-from views.session_stream import SessionStream, SlowReader
+from views.session_stream import SlowReader
+from views.stream_connection import StreamConnection
 
 if TYPE_CHECKING:
     from app.faust_app import SomaApp
@@ -30,35 +30,17 @@ def event_bytes(event: dict[str, Any]) -> bytes:
     return f"id: {event['seq']}\nevent: {event['type']}\ndata: {data}\n\n".encode()
 
 
-class SseConnection:
+class SseConnection(StreamConnection):
+    transport = "sse"
+
     def __init__(
         self, app: SomaApp, request: web.Request, response: web.StreamResponse, session_id: str, after: int
     ) -> None:
-        self.app = app
-        self.request = request
+        super().__init__(app, request, session_id, after)
         self.response = response
-        self.session_id = session_id
-        self.stream = SessionStream(app, session_id, after)
-        self._send_lock = asyncio.Lock()
-        self._done = asyncio.Event()
 
-    async def run(self) -> None:
-        registry.add(self)
-        await self.stream.open()
-        tasks = [
-            asyncio.create_task(self._send_events(), name=f"sse send {self.session_id}"),
-            asyncio.create_task(self._heartbeat(), name=f"sse ping {self.session_id}"),
-            asyncio.create_task(self._end_when_overflowing(), name=f"sse watchdog {self.session_id}"),
-        ]
-        try:
-            await self._done.wait()
-        finally:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            registry.remove(self)
-            await self.stream.close()
+    def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
+        return {"send": self._send_events(), "ping": self._heartbeat(), "watchdog": self._end_when_overflowing()}
 
     async def _write(self, chunk: bytes) -> None:
         async with self._send_lock:
@@ -79,7 +61,7 @@ class SseConnection:
             pass  # the client went away
         except Exception:
             log.exception("SSE stream of session %s failed", self.session_id)
-        self._done.set()
+        self.end()
 
     async def _heartbeat(self) -> None:
         while True:
@@ -88,13 +70,13 @@ class SseConnection:
             try:
                 await self._write(b": ping\n\n")
             except (ConnectionResetError, RuntimeError):
-                self._done.set()
+                self.end()
                 return
 
     async def _end_when_overflowing(self) -> None:
         await self.stream.overflowed.wait()
         self._abort()
-        self._done.set()
+        self.end()
 
     def _abort(self) -> None:
         # the writer may be blocked on a reader that does not read: drop the connection under it
@@ -102,7 +84,7 @@ class SseConnection:
             self.request.transport.close()
 
     async def shutdown(self) -> None:
-        self._done.set()
+        self.end()
 
 
 async def serve(app: SomaApp, request: web.Request, session_id: str, after: int) -> web.StreamResponse:

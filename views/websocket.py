@@ -9,17 +9,17 @@ Frames from the server: each stored event (JSON with its ``seq``), then control 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from app.errors import ApiError
-from views.connections import registry
 from views.intake import accept_message, validated
-from views.session_stream import SessionStream, SlowReader
+from views.session_stream import SlowReader
+from views.stream_connection import StreamConnection
 
 if TYPE_CHECKING:
     from app.faust_app import SomaApp
@@ -30,37 +30,18 @@ CLOSE_SECONDS = 5.0
 ABORT_GRACE_SECONDS = 60.0
 
 
-class SocketConnection:
+class SocketConnection(StreamConnection):
+    transport = "ws"
+
     def __init__(
         self, app: SomaApp, request: web.Request, ws: web.WebSocketResponse, session_id: str, after: int
     ) -> None:
-        self.app = app
-        self.request_transport = request.transport
+        super().__init__(app, request, session_id, after)
         self.ws = ws
-        self.session_id = session_id
-        self.stream = SessionStream(app, session_id, after)
-        self._send_lock = asyncio.Lock()
-        self._closed = asyncio.Event()
 
-    async def run(self) -> None:
-        registry.add(self)
-        await self.stream.open()
-        tasks = [
-            asyncio.create_task(self._receive(), name=f"ws receive {self.session_id}"),
-            asyncio.create_task(self._send_events(), name=f"ws send {self.session_id}"),
-            asyncio.create_task(self._close_when_overflowing(), name=f"ws watchdog {self.session_id}"),
-        ]
-        closed = asyncio.ensure_future(self._closed.wait())
-        try:
-            # the client leaving ends the receive task; a close of ours (slow reader, shutdown) sets _closed
-            await asyncio.wait({tasks[0], closed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in [*tasks, closed]:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            registry.remove(self)
-            await self.stream.close()
+    def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
+        # the client leaving ends the receive task; a close of ours (slow reader, shutdown) ends the stream
+        return {"receive": self._receive(), "send": self._send_events(), "watchdog": self._close_when_overflowing()}
 
     async def _receive(self) -> None:
         async for message in self.ws:
@@ -119,10 +100,10 @@ class SocketConnection:
         except (TimeoutError, ConnectionResetError, RuntimeError):
             # the close frame is queued behind what the peer has not read yet; it gets both if it reads
             # within the grace period, after which the connection (and its buffer) is dropped
-            transport = self.request_transport
+            transport = self.request.transport
             if transport is not None:
                 asyncio.get_running_loop().call_later(ABORT_GRACE_SECONDS, transport.abort)
-        self._closed.set()
+        self.end()
 
     async def shutdown(self) -> None:
         await self.close(WSCloseCode.GOING_AWAY, "server shutting down; resume with after")

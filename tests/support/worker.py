@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -88,3 +90,14 @@ class Worker:
 
     def log(self, lines: int = 80) -> str:
         return tail(self.log_path, lines)
+
+
+@asynccontextmanager
+async def running(env: dict[str, str], log_path: Path) -> AsyncIterator[Worker]:
+    """A started worker whose web server answers; stopped (SIGTERM) on exit."""
+    worker = Worker(env, log_path).start()
+    try:
+        await worker.wait_http()
+        yield worker
+    finally:
+        worker.stop()
