@@ -37,13 +37,18 @@ async def once(
     client = app.resources.redis
     name = f"{app.settings.redis_prefix}idempotency:{key}"
     ttl = app.settings.idempotency_ttl_seconds
+    # a worker that dies mid-request must not block the key for a day: the reservation outlives only the
+    # longest a request can take (two publish timeouts)
+    pending_ttl = max(1, int(2 * app.settings.kafka_publish_timeout_seconds) + 1)
     try:
-        reserved = await client.set(name, json.dumps({"fingerprint": print_, "pending": True}), nx=True, ex=ttl)
+        reserved = await client.set(name, json.dumps({"fingerprint": print_, "pending": True}), nx=True, ex=pending_ttl)
         if not reserved:
             raw = await client.get(name)
             if raw is not None:
                 return _replay(json.loads(raw), print_)
-            reserved = await client.set(name, json.dumps({"fingerprint": print_, "pending": True}), nx=True, ex=ttl)
+            reserved = await client.set(
+                name, json.dumps({"fingerprint": print_, "pending": True}), nx=True, ex=pending_ttl
+            )
             if not reserved:
                 raise IdempotencyError("a request with this Idempotency-Key is being processed")
     except redis.exceptions.RedisError as exc:
