@@ -1,0 +1,267 @@
+// The console page: one session's events over WebSocket or SSE, each seq shown once, gaps marked.
+"use strict";
+
+// SSE names each event by its type; EventSource delivers only the names it listens for
+const EVENT_TYPES = ["user.message", "assistant.delta", "assistant.final", "tool.request", "tool.result", "system.notice"];
+const SESSION_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+const WS_RETRY_MS = 2000;
+const NAMES = { ws: "WebSocket", sse: "SSE" };
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  sessionForm: $("session-form"),
+  sessionId: $("session-id"),
+  newSession: $("new-session"),
+  disconnect: $("disconnect"),
+  reconnect: $("reconnect"),
+  status: $("status"),
+  events: $("events"),
+  sendForm: $("send-form"),
+  message: $("message"),
+  send: $("send"),
+  notice: $("notice"),
+};
+
+const state = {
+  session: null,
+  transport: "ws",
+  conn: null, // the current WebSocket or EventSource; handlers of an older one see they are stale
+  phase: "idle",
+  lastSeq: 0,
+  seen: new Set(),
+  duplicates: 0,
+  recovered: null, // the last recovered frame of the current connection
+  retry: null,
+  refs: 0,
+};
+
+// crypto.randomUUID exists only in secure contexts; a page opened over plain http from another host is not one
+function uuid4() {
+  if (window.isSecureContext && crypto.randomUUID) return crypto.randomUUID();
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text; // event data is never parsed as HTML
+  return node;
+}
+
+function notice(text, isError = false) {
+  ui.notice.textContent = text;
+  ui.notice.classList.toggle("error", isError);
+}
+
+function renderStatus() {
+  if (!state.session) {
+    ui.status.textContent = "No session open.";
+    ui.status.classList.remove("warn");
+    return;
+  }
+  const r = state.recovered;
+  const recovery = r
+    ? `recovered: ${r.recovered ? "yes" : "no"}, replayed ${r.replayed} (after ${r.after}, head ${r.head_seq})`
+    : "recovery pending";
+  const parts = [NAMES[state.transport], state.phase, recovery, `last seq ${state.lastSeq}`];
+  const live = (state.phase === "connected" || state.phase === "open") && (!r || r.recovered);
+  ui.status.classList.toggle("warn", !live);
+  if (state.duplicates) parts.push(`${state.duplicates} duplicates dropped`);
+  ui.status.textContent = parts.join(" · ");
+}
+
+function setPhase(phase) {
+  state.phase = phase;
+  renderStatus();
+}
+
+function append(node) {
+  const box = ui.events;
+  const atBottom = box.scrollTop + box.clientHeight >= box.scrollHeight - 40;
+  box.append(node);
+  if (atBottom) box.scrollTop = box.scrollHeight;
+}
+
+function markGap(from, to) {
+  const range = from === to ? `seq ${from}` : `seq ${from}–${to}`;
+  const li = el("li", "gap", `${range} missing`);
+  li.dataset.gap = `${from}-${to}`;
+  append(li);
+}
+
+function addEvent(event) {
+  const seq = event.seq;
+  if (state.seen.has(seq)) {
+    state.duplicates += 1;
+    renderStatus();
+    return;
+  }
+  if (seq > state.lastSeq + 1) markGap(state.lastSeq + 1, seq - 1);
+  state.seen.add(seq);
+  state.lastSeq = Math.max(state.lastSeq, seq);
+  const li = el("li");
+  li.dataset.seq = String(seq);
+  if (event.occurred_at) li.title = event.occurred_at;
+  li.append(el("span", "seq", String(seq)), el("span", "type", event.type ?? ""),
+    el("span", "role", event.role ?? ""), el("span", "text", event.message ?? ""));
+  append(li);
+  renderStatus();
+}
+
+function onFrame(frame) {
+  if (typeof frame.seq === "number") {
+    addEvent(frame);
+  } else if (frame.type === "recovered") {
+    state.recovered = frame;
+    if (!frame.recovered && frame.head_seq > state.lastSeq) {
+      // too far behind: the server goes live from its head, so what lies between is not coming
+      markGap(state.lastSeq + 1, frame.head_seq);
+      state.lastSeq = frame.head_seq;
+    }
+    renderStatus();
+  } else if (frame.type === "ack") {
+    notice(`Sent over the socket as event ${frame.event_id}.`);
+  } else if (frame.type === "error") {
+    notice(`${frame.code}: ${frame.message}`, true);
+  }
+}
+
+function drop() {
+  clearTimeout(state.retry);
+  const conn = state.conn;
+  state.conn = null;
+  if (conn) conn.close();
+}
+
+function streamPath(kind) {
+  return `/v1/session/${encodeURIComponent(state.session)}/${kind}?after=${state.lastSeq}`;
+}
+
+function connectWs() {
+  const url = new URL(streamPath("stream"), location.href);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(url);
+  state.conn = ws;
+  ws.onopen = () => state.conn === ws && setPhase("connected");
+  ws.onmessage = (m) => state.conn === ws && onFrame(JSON.parse(m.data));
+  ws.onclose = (e) => {
+    if (state.conn !== ws) return;
+    // the server closes a slow reader (1013) or on shutdown (1001): resume from the last seq seen
+    state.conn = null;
+    setPhase(`closed (${e.code}${e.reason ? `: ${e.reason}` : ""}), retrying`);
+    state.retry = setTimeout(connect, WS_RETRY_MS);
+  };
+}
+
+function connectSse() {
+  // a new EventSource cannot set Last-Event-ID; ?after= does, and the browser's own retries send the header
+  const es = new EventSource(streamPath("events"));
+  state.conn = es;
+  const handle = (m) => state.conn === es && onFrame(JSON.parse(m.data));
+  for (const type of [...EVENT_TYPES, "recovered"]) es.addEventListener(type, handle);
+  es.onopen = () => state.conn === es && setPhase("open");
+  es.onerror = () => {
+    if (state.conn !== es) return;
+    setPhase(es.readyState === EventSource.CONNECTING ? "reconnecting" : "closed");
+  };
+}
+
+function connect() {
+  drop();
+  if (!state.session) return;
+  state.recovered = null;
+  state.phase = "connecting";
+  (state.transport === "ws" ? connectWs : connectSse)();
+  renderStatus();
+}
+
+// the address keeps the session and transport, so a reload reopens them
+function remember() {
+  history.replaceState(null, "", `#${new URLSearchParams({ session: state.session, transport: state.transport })}`);
+}
+
+function openSession(id) {
+  if (!SESSION_ID.test(id)) {
+    notice("A session id is 1–128 letters, digits or . _ : - and starts with a letter or digit.", true);
+    ui.sessionId.focus();
+    return;
+  }
+  drop();
+  state.session = id;
+  state.lastSeq = 0;
+  state.seen.clear();
+  state.duplicates = 0;
+  ui.events.replaceChildren();
+  ui.sessionId.value = id;
+  for (const control of [ui.disconnect, ui.reconnect, ui.message, ui.send]) control.disabled = false;
+  remember();
+  notice("");
+  connect();
+  ui.message.focus();
+}
+
+async function post(text) {
+  try {
+    const resp = await fetch("/v1/session/message", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ session_id: state.session, message: text }),
+    });
+    const body = await resp.json();
+    if (resp.ok) notice(`Sent over HTTP as event ${body.event_id}.`);
+    else notice(`${body.error?.code ?? resp.status}: ${body.error?.message ?? resp.statusText}`, true);
+  } catch (err) {
+    notice(`Not sent: ${err.message}`, true);
+  }
+}
+
+function send(text) {
+  const ws = state.conn;
+  if (state.transport === "ws" && ws instanceof WebSocket && ws.readyState === WebSocket.OPEN) {
+    state.refs += 1;
+    ws.send(JSON.stringify({ message: text, ref: `m${state.refs}` }));
+    notice("Sending over the socket…");
+  } else {
+    // SSE is one-way, and a message typed while the socket is down still gets through
+    notice("Sending over HTTP…");
+    post(text);
+  }
+}
+
+ui.sessionForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  openSession(ui.sessionId.value.trim());
+});
+ui.newSession.addEventListener("click", () => openSession(uuid4()));
+ui.disconnect.addEventListener("click", () => {
+  drop();
+  setPhase("disconnected");
+});
+ui.reconnect.addEventListener("click", connect);
+for (const radio of document.querySelectorAll('input[name="transport"]')) {
+  radio.addEventListener("change", () => {
+    state.transport = radio.value;
+    if (state.session) {
+      remember();
+      connect(); // continues after the last seq seen: the other transport shows no event twice
+    }
+  });
+}
+ui.sendForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const text = ui.message.value.trim();
+  if (!text || !state.session) return;
+  ui.message.value = "";
+  send(text);
+});
+
+const initial = new URLSearchParams(location.hash.slice(1));
+if (initial.get("transport") === "sse") {
+  state.transport = "sse";
+  document.querySelector('input[name="transport"][value="sse"]').checked = true;
+}
+if (initial.get("session")) openSession(initial.get("session"));
