@@ -23,7 +23,7 @@ from agents.boundary import PERMANENT, decode, retry_transient, send_to_dead_let
 from app import feed
 from app.errors import EventInvalid
 from app.repository import BatchResult, Incoming, Source, store_batch
-from tables.sessions import session_state, state_of
+from tables.sessions import mirror_session
 
 if TYPE_CHECKING:
     from faust.types import EventT, StreamT
@@ -117,9 +117,9 @@ async def _process_until_done(app: SomaApp, kind: Kind, batch: list[EventT[bytes
 
 async def process_batch(app: SomaApp, kind: Kind, batch: list[EventT[bytes]]) -> None:
     """Dead-letter the poison of ``batch``, store the rest, mirror it to the table and the feed."""
-    assigned = app.consumer.assignment()
-    # a partition revoked meanwhile is read again by its new owner: storing its events here could reorder them
-    batch = [event for event in batch if event.message.tp in assigned]
+    # every event of the batch is stored, even one whose partition was revoked meanwhile: the batch is acked
+    # as a whole afterwards, and acking an event that was set aside let faust commit past it (events lost in
+    # rebalances); its new owner may read it again, and the store keeps it once
     items: list[Incoming] = []
     origin: dict[int, EventT[bytes]] = {}
     for event in batch:
@@ -184,7 +184,7 @@ async def _store_one_by_one(app: SomaApp, items: list[Incoming], origin: dict[in
 
 
 def _mirror_to_table(result: BatchResult, items: list[Incoming], origin: dict[int, EventT[bytes]]) -> None:
-    """Write each session's committed state to ``session_state``, in the partition of its own events."""
+    """Write each session's committed state to the session tables, in the partition of its own events."""
     last_event = {item.event["session_id"]: origin[id(item)] for item in items}
     for session_id, envelope in result.envelopes.items():
         event = last_event.get(session_id)
@@ -194,7 +194,7 @@ def _mirror_to_table(result: BatchResult, items: list[Incoming], origin: dict[in
         # stream, so it names the event whose partition (= the session's partition) the change belongs to
         token = _current_event.set(weakref.ref(event))
         try:
-            session_state[session_id] = state_of(envelope)
+            mirror_session(session_id, envelope)
         finally:
             _current_event.reset(token)
 

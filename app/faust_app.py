@@ -33,7 +33,8 @@ class SomaApp(faust.App):
             # constructor's arguments; our settings are the one source of truth
             "env": {},
             "broker": f"kafka://{settings.kafka_bootstrap}",
-            "store": "memory://",
+            # tables: the redis:// store of tables/ (registered when faust imports that package)
+            "store": settings.table_store,
             "datadir": str(settings.data_dir),
             "autodiscover": DISCOVERED,
             "topic_partitions": settings.topic_partitions,

@@ -51,6 +51,10 @@ class Settings:
     # <prefix>session:<session_id>:feed)
     redis_prefix: str = "soma:"
     session_cache_ttl_seconds: int = 900
+    # faust tables: their store ("redis://" = SOMA_REDIS_URL, or "memory://"), and how often the Redis store
+    # writes the changes of each partition behind
+    table_store: str = "redis://"
+    table_flush_interval_seconds: float = 0.25
     # streams (WebSocket and SSE): recovery depth, per-connection queue, keep-alives, message size
     stream_recovery_max: int = 10_000
     stream_queue_max: int = 1_000
@@ -100,6 +104,10 @@ class Settings:
             raise SettingsError("timeouts must be positive")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError("SOMA_REDIS_URL must be a redis:// or rediss:// URL")
+        if not self.table_store.startswith(("redis://", "rediss://", "memory://")):
+            raise SettingsError("SOMA_TABLE_STORE must be a redis://, rediss:// or memory:// URL")
+        if self.table_flush_interval_seconds <= 0 or self.session_cache_ttl_seconds < 1:
+            raise SettingsError("SOMA_TABLE_FLUSH_INTERVAL_SECONDS and SOMA_SESSION_CACHE_TTL_SECONDS must be positive")
         if not self.postgres_dsn.startswith(("postgresql://", "postgres://")):
             raise SettingsError("SOMA_POSTGRES_DSN must be a postgresql:// URL")
         if self.batch_max < 1 or self.batch_within_seconds < 0:

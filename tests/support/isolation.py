@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
+import redis
 
 from app import migrate
 from app.settings import Settings
@@ -98,3 +99,15 @@ def isolated(base: Settings, template: str, data_dir: Path, **overrides: object)
         yield Isolated(settings, database, tag)
     finally:
         admin_execute(base.postgres_dsn, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        drop_redis_keys(base.redis_url, settings.redis_prefix)
+
+
+def drop_redis_keys(url: str, prefix: str) -> None:
+    """Remove what a test left in the shared Redis (table partitions have no TTL)."""
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.unlink(*keys[start : start + 500])
+    finally:
+        client.close()
