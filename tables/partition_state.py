@@ -54,6 +54,9 @@ class PartitionState:
 
     def set(self, key: bytes, value: Change, deadline: float | None = None) -> None:
         self._track_inflight(key)
+        self._put(key, value, deadline)
+
+    def _put(self, key: bytes, value: Change, deadline: float | None) -> None:
         if value is None:
             self.data.pop(key, None)
             self.deadlines.pop(key, None)
@@ -87,14 +90,7 @@ class PartitionState:
         """A changelog record read back from Kafka (recovery or standby)."""
         # the record itself now stands for the key: nothing of this worker's is in flight for it any more
         self.inflight.pop(key, None)
-        if value is None:
-            self.data.pop(key, None)
-            self.deadlines.pop(key, None)
-        else:
-            self.data[key] = value
-            if deadline is not None:
-                self.deadlines[key] = deadline
-                self.deadlines.move_to_end(key)
+        self._put(key, value, deadline)
         self.dirty[key] = value
         self._advance(offset)
 
