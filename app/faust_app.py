@@ -10,6 +10,7 @@ from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError
+from faust.exceptions import NotReady
 from mode import ServiceT
 
 from app import diagnostics
@@ -17,6 +18,7 @@ from app.producer import IdempotentProducer
 from app.resources import Resources
 from app.settings import Settings
 from app.topics import Topics
+from app.transport import SomaTransport
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,9 @@ class SomaApp(faust.App):
         # a broken module must stop the worker at start-up instead
         raise
 
+    def _new_transport(self) -> SomaTransport:
+        return SomaTransport(self.conf.broker_consumer, self)
+
     def _new_producer(self) -> IdempotentProducer:
         return IdempotentProducer(self.transport, loop=self.loop, beacon=self.beacon)
 
@@ -81,9 +86,13 @@ class SomaApp(faust.App):
         delay = 0.5
         for topic in self.session_topics.all():
             while True:
+                if self.should_stop:
+                    return  # a worker stopped right after it started: its producer is gone
                 try:
                     await topic.maybe_declare()
                     break
+                except NotReady:
+                    return  # the producer has stopped: the worker is shutting down
                 except KafkaError as exc:
                     log.warning("declaring %s failed, retrying in %.1fs: %r", topic.get_topic_name(), delay, exc)
                     await asyncio.sleep(delay)
