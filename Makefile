@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv stack-up stack-down stack-status migrate run test lint typecheck schema-drift bench clean
+.PHONY: help venv stack-up stack-down stack-status migrate run test lint typecheck schema-drift bench bench-quick bench-tables clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -47,7 +47,13 @@ schema-drift: venv ## compare schemas with the released version
 test: lint typecheck schema-drift migrate ## quality gates, then the whole suite against the real servers
 	$(VENV)/bin/pytest
 
-bench: migrate ## benchmarks (tests/bench/bench_*.py): figures beside a baseline measured in the same run
+bench: migrate ## W1-W3 beside their baselines and Centrifugo; rewrites docs/benchmarks.md and its charts
+	$(PY) -m tests.bench
+
+bench-quick: migrate ## the same, smaller (under 3 minutes): run it after every change to the hot path
+	$(PY) -m tests.bench --quick
+
+bench-tables: migrate ## the table store's benchmarks (recovery from Redis, updates/s): tests/bench/bench_*.py
 	$(VENV)/bin/pytest tests/bench -s -p no:cacheprovider -o python_files='bench_*.py' -o timeout=1800
 
 clean: stack-down ## stop the stack and remove the virtualenv and local data

@@ -20,7 +20,7 @@ import psycopg2
 import redis.exceptions
 from aiokafka.errors import KafkaError
 
-from app import schemas
+from app import events, schemas
 from app.errors import EventInvalid, SomaError
 from app.repository import ConcurrentInsert
 from app.topics import dead_letter
@@ -69,7 +69,7 @@ def decode(raw: bytes | None, schema: str, max_bytes: int) -> dict[str, Any]:
         raise EventInvalid(schema, ["(root): record has no value"])
     if len(raw) > max_bytes:
         raise EventTooLarge(f"record of {len(raw)} bytes exceeds SOMA_MAX_EVENT_BYTES={max_bytes}")
-    event = json.loads(raw.decode("utf-8"))
+    event = events.decode(raw.decode("utf-8"))
     if not isinstance(event, dict):
         raise EventInvalid(schema, ["(root): not a JSON object"])
     schemas.validate(schema, event)

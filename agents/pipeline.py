@@ -12,18 +12,16 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-
-from faust.streams import _current_event
 
 from agents.boundary import PERMANENT, decode, retry_transient, send_to_dead_letter
 from app import feed
 from app.errors import EventInvalid
 from app.repository import BatchResult, Incoming, Source, store_batch
-from tables.sessions import mirror_session
+from tables.sessions import mirror
 
 if TYPE_CHECKING:
     from faust.types import EventT, StreamT
@@ -47,19 +45,66 @@ class Kind:
     after_store: AfterStore | None = None
 
 
+class Backlog:
+    """Events read but not processed yet, at most ``limit`` of them: the stream waits while it is full.
+
+    Waiting costs one future per drained batch, not per event (an asyncio.Queue at its limit cost an
+    ``ensure_future`` and an ``asyncio.wait`` for every event of a busy stream).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.events: deque[EventT[bytes]] = deque()
+        self._arrived: asyncio.Future[None] | None = None
+        self._room: asyncio.Future[None] | None = None
+
+    def put(self, event: EventT[bytes]) -> None:
+        self.events.append(event)
+        _wake(self._arrived)
+
+    async def room(self, processor: asyncio.Task[None]) -> None:
+        """Return once the backlog is below its limit; re-raise the processor's crash if it dies meanwhile."""
+        while len(self.events) >= self.limit:
+            if processor.done():
+                processor.result()  # re-raises the processor's crash so faust's supervisor restarts the agent
+                raise RuntimeError(f"{processor.get_name()} stopped")
+            self._room = asyncio.get_running_loop().create_future()
+            await asyncio.wait({self._room, processor}, return_when=asyncio.FIRST_COMPLETED)
+
+    async def arrived(self) -> None:
+        """Return once at least one event waits."""
+        while not self.events:
+            self._arrived = asyncio.get_running_loop().create_future()
+            await self._arrived
+
+    def take(self, count: int) -> list[EventT[bytes]]:
+        batch = [self.events.popleft() for _ in range(min(count, len(self.events)))]
+        _wake(self._room)
+        return batch
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
 async def consume(app: SomaApp, stream: StreamT[bytes], kind: Kind) -> None:
     """The body of an agent: feed a batch processor from the stream until the agent stops."""
     events: StreamT[bytes] = stream.noack()  # type: ignore[attr-defined]
-    queue: asyncio.Queue[EventT[bytes]] = asyncio.Queue(maxsize=2 * app.settings.batch_max)
-    processor = asyncio.create_task(_process_forever(app, events, kind, queue), name=f"batches of {kind.topic}")
+    backlog = Backlog(2 * app.settings.batch_max)
+    processor = asyncio.create_task(_process_forever(app, events, kind, backlog), name=f"batches of {kind.topic}")
     processor.add_done_callback(_report_crash)
     try:
         async for event in events.events():
-            await _put(queue, event, processor)
+            if len(backlog.events) >= backlog.limit:
+                await backlog.room(processor)
+            backlog.put(event)
     finally:
         processor.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await processor
+        # the agent stops (shutdown): the session tables get what this worker stored, before it leaves
+        mirror.write_out()
 
 
 def _report_crash(processor: asyncio.Task[None]) -> None:
@@ -67,32 +112,13 @@ def _report_crash(processor: asyncio.Task[None]) -> None:
         log.error("%s crashed; the agent restarts it", processor.get_name(), exc_info=processor.exception())
 
 
-async def _put(queue: asyncio.Queue[EventT[bytes]], event: EventT[bytes], processor: asyncio.Task[None]) -> None:
-    if processor.done():
-        processor.result()  # re-raises the processor's crash so faust's supervisor restarts the agent
-        raise RuntimeError(f"{processor.get_name()} stopped")
-    with contextlib.suppress(asyncio.QueueFull):
-        queue.put_nowait(event)
-        return
-    # the queue is full while the processor waits out a failure: wait for room, or for the processor to die
-    put = asyncio.ensure_future(queue.put(event))
-    await asyncio.wait({put, processor}, return_when=asyncio.FIRST_COMPLETED)
-    if not put.done():
-        put.cancel()
-        processor.result()  # re-raises the processor's crash so faust's supervisor sees it
-        raise RuntimeError(f"{processor.get_name()} stopped")
-
-
-async def _process_forever(
-    app: SomaApp, stream: StreamT[bytes], kind: Kind, queue: asyncio.Queue[EventT[bytes]]
-) -> None:
+async def _process_forever(app: SomaApp, stream: StreamT[bytes], kind: Kind, backlog: Backlog) -> None:
     settings = app.settings
     while True:
-        batch = [await queue.get()]
-        if settings.batch_within_seconds > 0 and queue.qsize() < settings.batch_max - 1:
+        await backlog.arrived()
+        if settings.batch_within_seconds > 0 and len(backlog.events) < settings.batch_max:
             await asyncio.sleep(settings.batch_within_seconds)
-        while len(batch) < settings.batch_max and not queue.empty():
-            batch.append(queue.get_nowait())
+        batch = backlog.take(settings.batch_max)
         await _process_until_done(app, kind, batch)
         for event in batch:
             await stream.ack(event)
@@ -153,7 +179,9 @@ async def _store(app: SomaApp, items: list[Incoming], origin: dict[int, EventT[b
         except Exception as exc:
             log.warning("batch of %d failed (%r): storing its events one by one", len(items), exc)
             result = await _store_one_by_one(app, items, origin)
-        await retry_transient("publish to the session feed", lambda: feed.publish(redis, app.settings, result.stored))
+        await retry_transient(
+            "publish to the session feed", lambda: feed.publish(redis, app.settings, result.stored, result.encoded)
+        )
     return result
 
 
@@ -177,6 +205,7 @@ async def _store_one_by_one(app: SomaApp, items: list[Incoming], origin: dict[in
                 await asyncio.sleep(0.1 * 2**attempt)
             else:
                 total.stored.extend(one.stored)
+                total.encoded.extend(one.encoded)
                 total.duplicates.extend(one.duplicates)
                 total.envelopes.update(one.envelopes)
                 break
@@ -184,19 +213,12 @@ async def _store_one_by_one(app: SomaApp, items: list[Incoming], origin: dict[in
 
 
 def _mirror_to_table(result: BatchResult, items: list[Incoming], origin: dict[int, EventT[bytes]]) -> None:
-    """Write each session's committed state to the session tables, in the partition of its own events."""
+    """Note each session's committed state for the session tables' next write-out (tables/sessions.py)."""
     last_event = {item.event["session_id"]: origin[id(item)] for item in items}
     for session_id, envelope in result.envelopes.items():
         event = last_event.get(session_id)
-        if event is None:
-            continue
-        # faust picks a table key's changelog partition from the current event; this task runs beside the
-        # stream, so it names the event whose partition (= the session's partition) the change belongs to
-        token = _current_event.set(weakref.ref(event))
-        try:
-            mirror_session(session_id, envelope)
-        finally:
-            _current_event.reset(token)
+        if event is not None:
+            mirror.note(session_id, envelope, event)
 
 
 __all__ = ["Kind", "consume", "process_batch"]

@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from app import schemas
+import orjson
 
 EVENT_VERSION = 1
 CONTENT_TYPE = b"application/json"
@@ -32,12 +32,26 @@ def user_message(request: dict[str, Any]) -> dict[str, Any]:
         "version": EVENT_VERSION,
         "occurred_at": now_iso(),
     }
-    schemas.validate("conversation_event", event)
+    # validated once, where it is sent (app/publish.py)
     return event
 
 
-def encode(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+def encode(event: Any) -> bytes:
+    """Compact UTF-8 JSON (orjson: ~10x the stdlib's speed; the hot path encodes every event)."""
+    return orjson.dumps(event)
+
+
+def decode(raw: bytes | str) -> Any:
+    """Parse JSON text; raises ``json.JSONDecodeError`` (a ValueError) for anything that is not strict JSON.
+
+    orjson refuses what Postgres' jsonb would refuse later (unpaired surrogates, NaN) and what would cost
+    the service a stack or a quadratic conversion (nesting deeper than 1,024, integers beyond a double).
+    """
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        # the standard class, so that dead letters keep naming json.decoder.JSONDecodeError as their cause
+        raise json.JSONDecodeError(exc.msg, exc.doc, exc.pos) from None
 
 
 def headers(event: dict[str, Any], schema: str) -> list[tuple[str, bytes]]:

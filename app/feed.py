@@ -14,11 +14,26 @@ def channel(settings: Settings, session_id: str) -> str:
     return f"{settings.redis_prefix}session:{session_id}:feed"
 
 
-async def publish(client: aioredis.Redis, settings: Settings, stored: list[dict[str, Any]]) -> None:
-    """PUBLISH every event to its session's channel, in the given (seq) order, in one round trip."""
+async def publish(
+    client: aioredis.Redis, settings: Settings, stored: list[dict[str, Any]], encoded: list[bytes] | None = None
+) -> None:
+    """PUBLISH every event to its session's channel, in the given (seq) order, in one round trip.
+
+    ``encoded``: the events' JSON when the caller has it already (the store encodes each event once).
+    """
     if not stored:
         return
-    async with client.pipeline(transaction=False) as pipe:
-        for event in stored:
-            pipe.publish(channel(settings, event["session_id"]), events.encode(event))
-        await pipe.execute()
+    payloads = encoded if encoded is not None else [events.encode(event) for event in stored]
+    args: list[bytes | str] = []
+    for event, payload in zip(stored, payloads, strict=True):
+        args += (channel(settings, event["session_id"]), payload)
+    # one command for the whole batch: a pipeline of one PUBLISH per event cost ~7 % of a busy worker;
+    # Script runs EVALSHA and loads the script again after a Redis restart (NOSCRIPT)
+    await client.register_script(PUBLISH_ALL)(args=args)
+
+
+# PUBLISH each (channel, message) pair of ARGV, in order
+PUBLISH_ALL = """
+for i = 1, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
+return #ARGV / 2
+"""

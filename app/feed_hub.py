@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -17,16 +16,40 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from app import events
 from app.feed import channel
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
+class FeedItem:
+    """One event of the feed as every local viewer of its session shares it: decoded once, framed once."""
+
+    __slots__ = ("event", "frames", "raw", "seq")
+
+    def __init__(self, event: dict[str, Any], raw: bytes) -> None:
+        self.event = event
+        self.raw = raw  # the event's JSON, exactly as stored
+        self.seq: int = event["seq"]
+        self.frames: dict[str, bytes] = {}  # per transport, its framing of ``raw``, built by the first viewer
+
+    @classmethod
+    def of(cls, event: dict[str, Any]) -> FeedItem:
+        """An item for an event read from Postgres (history, gap fills)."""
+        return cls(event, events.encode(event))
+
+    def frame(self, transport: str, build: Callable[[FeedItem], bytes]) -> bytes:
+        framed = self.frames.get(transport)
+        if framed is None:
+            framed = self.frames[transport] = build(self)
+        return framed
+
+
 class FeedListener:
     """What a viewer gives the hub: called on the loop for each event, and after a reconnect."""
 
-    def __init__(self, on_event: Callable[[dict[str, Any]], None], on_resync: Callable[[], None]) -> None:
+    def __init__(self, on_event: Callable[[FeedItem], None], on_resync: Callable[[], None]) -> None:
         self.on_event = on_event
         self.on_resync = on_resync
 
@@ -119,9 +142,12 @@ class FeedHub:
         session_id = self._channels.get(name)
         if session_id is None:
             return
-        event = json.loads(data)
-        for listener in list(self._listeners.get(session_id, ())):
-            listener.on_event(event)
+        listeners = self._listeners.get(session_id)
+        if not listeners:
+            return
+        item = FeedItem(events.decode(data), data)
+        for listener in list(listeners):
+            listener.on_event(item)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -7,9 +7,18 @@ from typing import Any
 
 from faust.transport.drivers.aiokafka import Producer
 
+# faust's conductor stops delivering consumed messages while more than this many table changelog records
+# wait in the producer buffer (faust's 100 turned a burst of table writes into a stall of every agent);
+# the buffer holds small futures, so a write-out of thousands of sessions fits without stopping intake
+BUFFER_MAX_MESSAGES = 20_000
+
 
 class IdempotentProducer(Producer):
     """aiokafka's defaults are acks=1 without idempotence; a record we accept must not be lost or doubled."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.buffer.max_messages = BUFFER_MAX_MESSAGES
 
     def _settings_extra(self) -> Mapping[str, Any]:
         return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}

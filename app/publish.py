@@ -22,17 +22,14 @@ async def send_event(app: SomaApp, topic: str, event: dict[str, Any], schema: st
     """
     schemas.validate(schema, event)
     channel = app.session_topics[topic]
-    timeout = app.settings.kafka_publish_timeout_seconds
-    pending = await asyncio.wait_for(
-        channel.send(
+    async with asyncio.timeout(app.settings.kafka_publish_timeout_seconds):
+        pending = await channel.send(
             key=str(event["session_id"]).encode(),
             value=events.encode(event),
             headers=events.headers(event, schema),
             force=True,
-        ),
-        timeout=timeout,
-    )
-    return await asyncio.wait_for(pending, timeout=timeout)
+        )
+        return await pending
 
 
 async def publish(app: SomaApp, topic: str, event: dict[str, Any], schema: str) -> Any:

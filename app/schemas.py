@@ -1,4 +1,9 @@
-"""JSON Schemas of ``schemas/``: checked and compiled once, validated as draft 2020-12."""
+"""JSON Schemas of ``schemas/``: checked and compiled once, validated as draft 2020-12.
+
+Two validators per schema, both draft 2020-12 with formats checked: ``jsonschema_rs`` (compiled, ~1 µs an
+event) decides, and ``jsonschema`` (the reference, ~140 µs) is asked only for an instance the first one
+refuses, to describe each violation; should the two ever disagree on a refusal, the reference wins.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
@@ -34,6 +40,15 @@ _REGISTRY: Registry[Any] = Registry().with_resources(
 )
 
 
+_RS_REGISTRY = jsonschema_rs.Registry([(schema["$id"], schema) for schema in SCHEMAS.values()])
+
+
+@cache
+def fast_validator(name: str) -> jsonschema_rs.Draft202012Validator:
+    """The compiled validator that decides whether an instance of schema ``name`` is valid."""
+    return jsonschema_rs.Draft202012Validator(SCHEMAS[name], registry=_RS_REGISTRY, validate_formats=True)
+
+
 @cache
 def validator(name: str) -> Draft202012Validator:
     """The compiled validator of schema ``name`` (file ``schemas/<name>.schema.json``)."""
@@ -42,6 +57,8 @@ def validator(name: str) -> Draft202012Validator:
 
 def validate(name: str, instance: Any) -> None:
     """Raise :class:`EventInvalid` listing where ``instance`` breaks schema ``name``."""
+    if fast_validator(name).is_valid(instance):
+        return
     errors = sorted(validator(name).iter_errors(instance), key=lambda e: list(e.absolute_path))
     if errors:
         raise EventInvalid(name, [_describe(e) for e in errors[:MAX_REPORTED_ERRORS]])
@@ -55,3 +72,4 @@ def _describe(error: Any) -> str:
 # compile every validator at import, so a broken schema fails start-up and not the first event
 for _name in SCHEMAS:
     validator(_name)
+    fast_validator(_name)

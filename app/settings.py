@@ -55,6 +55,8 @@ class Settings:
     # writes the changes of each partition behind
     table_store: str = "redis://"
     table_flush_interval_seconds: float = 0.25
+    # the agents write the session tables out at most this often (each write is a changelog record)
+    table_mirror_interval_seconds: float = 1.0
     # streams (WebSocket and SSE): recovery depth, per-connection queue, keep-alives, message size
     stream_recovery_max: int = 10_000
     stream_queue_max: int = 1_000
@@ -106,6 +108,8 @@ class Settings:
             raise SettingsError("SOMA_REDIS_URL must be a redis:// or rediss:// URL")
         if not self.table_store.startswith(("redis://", "rediss://", "memory://")):
             raise SettingsError("SOMA_TABLE_STORE must be a redis://, rediss:// or memory:// URL")
+        if self.table_mirror_interval_seconds <= 0:
+            raise SettingsError("SOMA_TABLE_MIRROR_INTERVAL_SECONDS must be positive")
         if self.table_flush_interval_seconds <= 0 or self.session_cache_ttl_seconds < 1:
             raise SettingsError("SOMA_TABLE_FLUSH_INTERVAL_SECONDS and SOMA_SESSION_CACHE_TTL_SECONDS must be positive")
         if not self.postgres_dsn.startswith(("postgresql://", "postgres://")):

@@ -4,17 +4,36 @@
 ``session_meta``: the session metadata cache (persona, metadata), forgotten ``SOMA_SESSION_CACHE_TTL_SECONDS``
 after its last write (the seed's ``session:{session_id}:meta`` with its 900 s TTL).
 
-Both are written by the agents after each stored batch, from the envelope rows Postgres returned, so a value
-is always a copy of committed state (never a counter that a replay could bump twice).
+Both hold copies of committed state (the envelope rows Postgres returned after a batch), never a counter that
+a replay could bump twice. Every table write is a changelog record that faust's producer buffer sends one at a
+time, and a full buffer stops intake; so the agents do not write per batch. They note each stored session in
+:data:`mirror`, which a timer writes out every ``SOMA_TABLE_MIRROR_INTERVAL_SECONDS``: one write per active
+session per interval to ``session_state``, and a write to ``session_meta`` only when persona or metadata changed
+(or its cache entry is half-way to expiry). Before partitions are handed over (a rebalance, after faust has
+drained the agents) and when the agents stop, everything noted is written out and flushed, so the next owner
+recovers the tables complete. Freshness: a reader sees a session's state as of at most one interval (plus
+the changelog's ack) ago; after a crash, as of the last write-out before it, so ``last_seq`` is a lower
+bound of the stored head, never above it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Iterator, Set
+from typing import TYPE_CHECKING, Any
 
 import faust
+from faust.streams import _current_event
 
 from app import app
+
+if TYPE_CHECKING:
+    from faust.types import EventT
+
+log = logging.getLogger(__name__)
 
 SCHEMA: faust.Schema[str, Any] = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
 
@@ -52,7 +71,70 @@ def meta_of(envelope: Any) -> dict[str, Any]:
     return {"persona_id": envelope.persona_id, "metadata": envelope.metadata, "updated_at": envelope.updated_at}
 
 
-def mirror_session(session_id: str, envelope: Any) -> None:
-    """Write a session's committed envelope to both tables (from within an event of the session's partition)."""
-    session_state[session_id] = state_of(envelope)
-    session_meta[session_id] = meta_of(envelope)
+def meta_changed(current: Any, envelope: Any, now: float) -> bool:
+    """Whether ``session_meta`` must be written: new persona or metadata, or a cache entry past half its TTL."""
+    if (
+        current is None
+        or current.get("persona_id") != envelope.persona_id
+        or current.get("metadata") != envelope.metadata
+    ):
+        return True
+    return bool(now - current.get("cached_at", 0) > app.settings.session_cache_ttl_seconds / 2)
+
+
+@contextlib.contextmanager
+def _in_partition_of(event: EventT[Any]) -> Iterator[None]:
+    # faust picks a table key's changelog partition from the current event; the write-out runs beside the
+    # stream, so it names the event whose partition (= the session's partition) the change belongs to
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class SessionMirror:
+    """The latest committed envelope of each session stored since the last write-out, and its last event."""
+
+    def __init__(self) -> None:
+        self._dirty: dict[str, tuple[Any, EventT[Any]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._dirty)
+
+    def note(self, session_id: str, envelope: Any, event: EventT[Any]) -> None:
+        self._dirty[session_id] = (envelope, event)
+
+    def write_out(self) -> int:
+        """Write every noted session to the tables (changelog records sent by faust); returns the writes made."""
+        dirty, self._dirty = self._dirty, {}
+        now = time.time()
+        writes = 0
+        for session_id, (envelope, event) in dirty.items():
+            with _in_partition_of(event):
+                session_state[session_id] = state_of(envelope)
+                writes += 1
+                if meta_changed(session_meta.get(session_id), envelope, now):
+                    session_meta[session_id] = {**meta_of(envelope), "cached_at": now}
+                    writes += 1
+        return writes
+
+
+mirror = SessionMirror()
+
+
+@app.timer(app.settings.table_mirror_interval_seconds, name="session table write-out")  # type: ignore[untyped-decorator]
+async def write_out_sessions() -> None:
+    """Timer: the noted sessions to ``session_state`` / ``session_meta`` (changelog records, no other I/O)."""
+    if len(mirror):
+        mirror.write_out()
+
+
+@app.on_partitions_revoked.connect  # type: ignore[arg-type]
+async def write_out_before_handover(app: Any, revoked: Set[Any], **kwargs: Any) -> None:
+    """Faust has drained the agents: write out what they noted and wait for the changelog to take it."""
+    if len(mirror):
+        writes = mirror.write_out()
+        await app.producer.buffer.flush()
+        await app.producer.flush()
+        log.info("session tables: %d writes before handing over %d partitions", writes, len(revoked))

@@ -21,7 +21,7 @@ from tests.support.events import check_sequenced, message, record
 from tests.support.isolation import Isolated
 from tests.support.kafka import create_topic, produce, produce_steadily
 from tests.support.private import private_redis
-from tests.support.tables import assert_last_seq_counts, decoded, wait_redis_equals_changelog
+from tests.support.tables import PartitionCopy, assert_last_seq_counts, decoded, wait_redis_equals_changelog
 from tests.support.worker import Worker
 
 ALL_ROWS = "SELECT * FROM session_events ORDER BY id"
@@ -31,10 +31,15 @@ FROM_REDIS = re.compile(r"table session_state partition \d+: (\d+) keys at chang
 
 async def assert_tables_match(settings: Settings, events: list[dict[str, Any]]) -> None:
     """Redis holds each table exactly as a full changelog replay computes it; last_seq = the session's events."""
-    state = await wait_redis_equals_changelog(settings, "session_state", settings.topic_partitions)
-    assert_last_seq_counts(state, events)
-    meta = await wait_redis_equals_changelog(settings, "session_meta", settings.topic_partitions)
-    assert set(decoded(meta)) == {event["session_id"] for event in events}
+    await wait_redis_equals_changelog(
+        settings, "session_state", settings.topic_partitions, holds=lambda state: assert_last_seq_counts(state, events)
+    )
+    sessions = {event["session_id"] for event in events}
+
+    def every_session(meta: dict[int, PartitionCopy]) -> None:
+        assert set(decoded(meta)) == sessions
+
+    await wait_redis_equals_changelog(settings, "session_meta", settings.topic_partitions, holds=every_session)
 
 
 def loads_from_redis(worker: Worker) -> list[tuple[int, int]]:
@@ -58,8 +63,8 @@ async def test_a_worker_killed_mid_stream_recovers_its_tables_from_redis(iso: Is
     await create_topic(settings.kafka_bootstrap, topic, settings.topic_partitions)
     events = [message(f"kill-{n % 60}", f"m{n}") for n in range(4_000)]
     await produce(settings.kafka_bootstrap, topic, [record(e) for e in events])
-    # small batches: one table write per session per batch, many flushes before the kill
-    env = iso.env(SOMA_BATCH_MAX="20")
+    # small batches and a short write-out interval: many table writes and flushes before the kill
+    env = iso.env(SOMA_BATCH_MAX="20", SOMA_TABLE_MIRROR_INTERVAL_SECONDS="0.05")
     first = Worker(env, log_dir / f"tables-kill-{iso.tag}.log").start()
     await first.wait_http()
     await wait_rows(settings.postgres_dsn, ALL_ROWS, (), 1_000, timeout=60)
@@ -146,8 +151,9 @@ async def stored_when_quiet(dsn: str, expected: int, timeout: float = 120.0) -> 
 
 def check_stored(rows: list[dict[str, Any]], produced: list[dict[str, Any]]) -> None:
     """Every produced event stored, each once; each session's seqs run 1..n without gaps."""
-    assert len(rows) == len(produced), f"{len(rows)} of {len(produced)} events stored"
     stored = {str(row["event_id"]) for row in rows}
+    missing = [(e["session_id"], e["message"], e["event_id"]) for e in produced if e["event_id"] not in stored]
+    assert len(rows) == len(produced), f"{len(rows)} of {len(produced)} events stored; missing {missing[:10]}"
     assert len(stored) == len(rows), "an event was stored twice"
     assert stored <= {event["event_id"] for event in produced}, "a stored event was never produced"
     seqs: dict[str, list[int]] = defaultdict(list)

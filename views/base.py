@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 from faust.web import Request, Response, View
 
+from app import events
 from app.errors import (
     ApiError,
     EventInvalid,
@@ -45,7 +46,7 @@ async def read_json(request: Request) -> Any:
         raise UnsupportedMediaType(f"expected application/json, got {content_type}")
     raw = await request.read()
     try:
-        return json.loads(raw.decode("utf-8"))
+        return events.decode(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedRequest(f"request body is not valid JSON: {exc}") from exc
 

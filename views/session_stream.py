@@ -4,16 +4,23 @@ The recovery model is Centrifugo's: the stream subscribes to the session feed *b
 so an event committed after the read is on the feed; live events at or below the last sequence sent are
 dropped, and a live event beyond the next expected seq makes the stream fetch the missing ones from
 Postgres first. The client is told whether everything it asked for was recovered.
+
+Delivery cost is per event, not per viewer where it can be: the hub decodes an event once and each transport
+frames it once (:class:`FeedItem`); a viewer that is caught up and whose socket takes data is written to from
+the hub's callback (``direct``), without waking its task; anything else (a gap, a full socket buffer, a
+resync) goes through the viewer's queue, in order, and is sent by its task.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agents.boundary import retry_transient
-from app.feed_hub import FeedListener
+from app.feed_hub import FeedItem, FeedListener
 from app.repository import events_after, head_seq
 
 if TYPE_CHECKING:
@@ -55,24 +62,40 @@ class SessionStream:
         self.session_id = session_id
         self.requested_after = after
         self.last_sent = after
-        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=app.settings.stream_queue_max)
+        self._max = app.settings.stream_queue_max
+        # None asks ``live`` to read Postgres past the last sent seq: events published during an outage
+        self._pending: deque[FeedItem | None] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._overflow = asyncio.Event()
         self._listener = FeedListener(self._on_event, self._on_resync)
         self._subscribed = False
+        # set by a transport that can write a caught-up viewer's event at once; returns False when it cannot
+        self.direct: Callable[[FeedItem], bool] | None = None
 
     # -- feed callbacks (run on the loop, must not block) -------------------------------------------------
-    def _on_event(self, event: dict[str, Any]) -> None:
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self._overflow.set()
+    def _on_event(self, item: FeedItem) -> None:
+        if (
+            self._waiter is not None
+            and self.direct is not None
+            and not self._pending
+            and item.seq == self.last_sent + 1
+            and self.direct(item)
+        ):
+            self.last_sent = item.seq
+            return
+        self._enqueue(item)
 
     def _on_resync(self) -> None:
-        # None asks ``live`` to read Postgres past the last sent seq: events published during the outage
-        try:
-            self._queue.put_nowait(None)
-        except asyncio.QueueFull:
+        self._enqueue(None)
+
+    def _enqueue(self, item: FeedItem | None) -> None:
+        if len(self._pending) >= self._max:
             self._overflow.set()
+        else:
+            self._pending.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     @property
     def overflowed(self) -> asyncio.Event:
@@ -94,7 +117,7 @@ class SessionStream:
             f"read session {self.session_id}", lambda: events_after(pool, self.session_id, after, limit, before)
         )
 
-    async def history(self) -> AsyncIterator[dict[str, Any]]:
+    async def history(self) -> AsyncIterator[FeedItem]:
         """Stored events after the requested seq, page by page; then ``recovery`` says if that was all.
 
         Seqs run 1..head without gaps, so the head seq alone tells how much there is to replay.
@@ -115,39 +138,36 @@ class SessionStream:
             for event in page:
                 replayed += 1
                 self.last_sent = event["seq"]
-                yield event
+                yield FeedItem.of(event)
         self.recovery = Recovery(after, self.last_sent >= head, head, replayed)
 
-    async def live(self) -> AsyncIterator[dict[str, Any]]:
-        """Live events in seq order, gaps filled from Postgres; raises SlowReader on overflow."""
+    async def live(self) -> AsyncIterator[FeedItem]:
+        """Live events in seq order, gaps filled from Postgres; raises SlowReader on overflow.
+
+        While it waits with nothing queued, the hub may hand caught-up events to ``direct`` instead.
+        """
         while True:
             if self._overflow.is_set():
-                raise SlowReader(f"more than {self.app.settings.stream_queue_max} events behind")
-            event = await self._next()
-            if event is None:
+                raise SlowReader(f"more than {self._max} events behind")
+            if not self._pending:
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+                continue
+            item = self._pending.popleft()
+            if item is None:
                 # the feed reconnected: whatever was stored meanwhile comes from Postgres
                 for missed in await self._read(self.last_sent, PAGE):
                     self.last_sent = missed["seq"]
-                    yield missed
+                    yield FeedItem.of(missed)
                 continue
-            seq = event["seq"]
-            if seq <= self.last_sent:
+            if item.seq <= self.last_sent:
                 continue
-            if seq > self.last_sent + 1:
-                for missed in await self._read(self.last_sent, seq - self.last_sent - 1, seq):
+            if item.seq > self.last_sent + 1:
+                for missed in await self._read(self.last_sent, item.seq - self.last_sent - 1, item.seq):
                     self.last_sent = missed["seq"]
-                    yield missed
-            self.last_sent = seq
-            yield event
-
-    async def _next(self) -> dict[str, Any] | None:
-        if not self._queue.empty():
-            return self._queue.get_nowait()
-        getter = asyncio.ensure_future(self._queue.get())
-        overflow = asyncio.ensure_future(self._overflow.wait())
-        done, _ = await asyncio.wait({getter, overflow}, return_when=asyncio.FIRST_COMPLETED)
-        overflow.cancel()
-        if getter in done:
-            return getter.result()
-        getter.cancel()
-        raise SlowReader(f"more than {self.app.settings.stream_queue_max} events behind")
+                    yield FeedItem.of(missed)
+            self.last_sent = item.seq
+            yield item

@@ -9,13 +9,14 @@ browser reconnects and resumes).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from app import events
+from app.feed_hub import FeedItem
 from views.session_stream import SlowReader
 from views.stream_connection import StreamConnection
 
@@ -25,9 +26,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def event_bytes(event: dict[str, Any]) -> bytes:
-    data = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-    return f"id: {event['seq']}\nevent: {event['type']}\ndata: {data}\n\n".encode()
+def event_bytes(item: FeedItem) -> bytes:
+    """The SSE frame of one event (its JSON holds no newline, so it is one ``data:`` line)."""
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (item.seq, item.event["type"].encode(), item.raw)
 
 
 class SseConnection(StreamConnection):
@@ -49,12 +50,12 @@ class SseConnection(StreamConnection):
     async def _send_events(self) -> None:
         try:
             await self._write(f"retry: {self.app.settings.sse_retry_ms}\n\n".encode())
-            async for event in self.stream.history():
-                await self._write(event_bytes(event))
-            recovery = json.dumps(self.stream.recovery.frame(), separators=(",", ":"))
-            await self._write(f"event: recovered\ndata: {recovery}\n\n".encode())
-            async for event in self.stream.live():
-                await self._write(event_bytes(event))
+            async for item in self.stream.history():
+                await self._write(item.frame("sse", event_bytes))
+            recovery = events.encode(self.stream.recovery.frame())
+            await self._write(b"event: recovered\ndata: %s\n\n" % recovery)
+            async for item in self.stream.live():
+                await self._write(item.frame("sse", event_bytes))
         except SlowReader:
             self._abort()
         except (ConnectionResetError, RuntimeError):

@@ -9,14 +9,16 @@ Frames from the server: each stored event (JSON with its ``seq``), then control 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import struct
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from app import events
 from app.errors import ApiError
+from app.feed_hub import FeedItem
 from views.intake import accept_message, validated
 from views.session_stream import SlowReader
 from views.stream_connection import StreamConnection
@@ -28,6 +30,22 @@ log = logging.getLogger(__name__)
 SLOW_READER = 1013  # RFC 6455 "try again later"
 CLOSE_SECONDS = 5.0
 ABORT_GRACE_SECONDS = 60.0
+# an event is written straight from the feed while the socket's unsent bytes stay below this; above it the
+# viewer's queue takes over (and closes a reader that stays behind, 1013)
+DIRECT_WRITE_MAX_BUFFER = 256 * 1024
+TEXT = 0x81  # FIN + text opcode
+
+
+def text_frame(item: FeedItem) -> bytes:
+    """A complete server-to-client text frame (RFC 6455 5.2: unmasked, uncompressed) of the event's JSON."""
+    size = len(item.raw)
+    if size < 126:
+        header = struct.pack("!BB", TEXT, size)
+    elif size < 65536:
+        header = struct.pack("!BBH", TEXT, 126, size)
+    else:
+        header = struct.pack("!BBQ", TEXT, 127, size)
+    return header + item.raw
 
 
 class SocketConnection(StreamConnection):
@@ -38,6 +56,7 @@ class SocketConnection(StreamConnection):
     ) -> None:
         super().__init__(app, request, session_id, after)
         self.ws = ws
+        self.stream.direct = self._write_now
 
     def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
         # the client leaving ends the receive task; a close of ours (slow reader, shutdown) ends the stream
@@ -52,15 +71,37 @@ class SocketConnection(StreamConnection):
 
     async def _send(self, frame: dict[str, Any]) -> None:
         async with self._send_lock:
-            await self.ws.send_str(json.dumps(frame, separators=(",", ":"), ensure_ascii=False))
+            await self.ws.send_frame(events.encode(frame), WSMsgType.TEXT)
+
+    async def _send_item(self, item: FeedItem) -> None:
+        async with self._send_lock:
+            await self.ws.send_frame(item.raw, WSMsgType.TEXT)
+
+    def _write_now(self, item: FeedItem) -> bool:
+        """The feed's fast path: the frame every viewer of the session shares, written without a task switch.
+
+        Safe beside aiohttp's own writes: the socket is uncompressed and every write of a whole frame is
+        synchronous, so frames never interleave; refused while a send of the task is in progress.
+        """
+        transport = self.request.transport
+        if (
+            transport is None
+            or transport.is_closing()
+            or self.ws.closed
+            or self._send_lock.locked()
+            or transport.get_write_buffer_size() > DIRECT_WRITE_MAX_BUFFER
+        ):
+            return False
+        transport.write(item.frame("ws", text_frame))
+        return True
 
     async def _send_events(self) -> None:
         try:
-            async for event in self.stream.history():
-                await self._send(event)
+            async for item in self.stream.history():
+                await self._send_item(item)
             await self._send(self.stream.recovery.frame())
-            async for event in self.stream.live():
-                await self._send(event)
+            async for item in self.stream.live():
+                await self._send_item(item)
         except SlowReader:
             await self.close(SLOW_READER, f"slow reader; resume with after={self.stream.last_sent}")
         except (ConnectionResetError, RuntimeError):
@@ -76,8 +117,8 @@ class SocketConnection(StreamConnection):
 
     async def _on_client_message(self, data: str) -> None:
         try:
-            body = json.loads(data)
-        except json.JSONDecodeError:
+            body = events.decode(data)
+        except ValueError:
             await self._send({"type": "error", "code": "malformed_json", "message": "frame is not valid JSON"})
             return
         ref = body.get("ref") if isinstance(body, dict) else None
@@ -111,7 +152,10 @@ class SocketConnection(StreamConnection):
 
 async def serve(app: SomaApp, request: web.Request, session_id: str, after: int) -> web.WebSocketResponse:
     settings = app.settings
-    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_seconds, max_msg_size=settings.ws_max_message_bytes)
+    # compress=False: frames are shared by every viewer of a session and written whole (see _write_now)
+    ws = web.WebSocketResponse(
+        heartbeat=settings.ws_heartbeat_seconds, max_msg_size=settings.ws_max_message_bytes, compress=False
+    )
     await ws.prepare(request)
     await SocketConnection(app, request, ws, session_id, after).run()
     return ws

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,17 +72,32 @@ def changelog_topic(settings: Settings, table: str) -> str:
 
 
 async def wait_redis_equals_changelog(
-    settings: Settings, table: str, partitions: int, timeout: float = 60.0
+    settings: Settings,
+    table: str,
+    partitions: int,
+    timeout: float = 60.0,
+    holds: Callable[[dict[int, PartitionCopy]], None] | None = None,
 ) -> dict[int, PartitionCopy]:
-    """Wait until Redis holds, per partition, exactly the full replay of the changelog, at its last offset."""
+    """Wait until Redis holds, per partition, exactly the full replay of the changelog, at its last offset.
+
+    ``holds``: an assertion on that content which must pass too (the agents write the session tables out
+    every ``SOMA_TABLE_MIRROR_INTERVAL_SECONDS``, so the final values arrive up to that much later).
+    """
     deadline = time.monotonic() + timeout
     topic = changelog_topic(settings, table)
     while True:
         expected = await changelog_table(settings.kafka_bootstrap, topic, partitions)
         held = await redis_table(settings, table, partitions)
         if held == expected:
-            return held
-        if time.monotonic() > deadline:
+            if holds is None:
+                return held
+            try:
+                holds(held)
+                return held
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+        elif time.monotonic() > deadline:
             diff = {
                 p: (held[p].offset, expected[p].offset, len(held[p].values), len(expected[p].values))
                 for p in expected
@@ -106,4 +122,6 @@ def assert_last_seq_counts(copies: dict[int, PartitionCopy], events: list[dict[s
     """``session_state``: each session's ``last_seq`` is its number of events, no more, no less."""
     counts = Counter(event["session_id"] for event in events)
     state = decoded(copies)
-    assert {sid: value["last_seq"] for sid, value in state.items()} == dict(counts)
+    seqs = {sid: value["last_seq"] for sid, value in state.items()}
+    wrong = {sid: (seqs.get(sid), n) for sid, n in counts.items() if seqs.get(sid) != n}
+    assert seqs == dict(counts), f"(last_seq, events) of {len(wrong)} sessions: {sorted(wrong.items())[:10]}"
