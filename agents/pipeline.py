@@ -125,20 +125,40 @@ async def _process_forever(app: SomaApp, stream: StreamT[bytes], kind: Kind, bac
 
 
 async def _process_until_done(app: SomaApp, kind: Kind, batch: list[EventT[bytes]]) -> None:
-    """Process ``batch``, retrying it after an unexpected error: an event is never acked unprocessed."""
-    delay = 0.5
-    while True:
+    """Process ``batch``; after an error of no known kind, its events one at a time, each within bounds.
+
+    Poison and outages are handled inside ``process_batch``; what escapes it is a defect or an input no
+    check foresaw. A batch that raises one is split: every event then gets ``UNKNOWN_ERROR_ATTEMPTS`` tries
+    before it is dead-lettered with its cause, so one record never holds its partition forever.
+    """
+    try:
+        await process_batch(app, kind, batch)
+        return
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("a batch of %d %s events failed; processing them one at a time", len(batch), kind.topic)
+    for event in batch:
+        await _process_alone(app, kind, event)
+
+
+async def _process_alone(app: SomaApp, kind: Kind, event: EventT[bytes]) -> None:
+    first_failure = time.time()
+    for attempt in range(1, UNKNOWN_ERROR_ATTEMPTS + 1):
         try:
-            await process_batch(app, kind, batch)
+            await process_batch(app, kind, [event])
             return
         except asyncio.CancelledError:
             raise
-        except Exception:
-            # a defect, not a poison record or an outage (those are handled inside): hold the partition and
-            # say so loudly rather than skip events
-            log.exception("processing a batch of %d %s events failed; retrying in %.1fs", len(batch), kind.topic, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+        except Exception as exc:
+            message = event.message
+            where = f"{message.topic}[{message.partition}]@{message.offset}"
+            if attempt == UNKNOWN_ERROR_ATTEMPTS:
+                log.error("%s failed %d times (%r): dead-lettering it", where, attempt, exc)
+                await send_to_dead_letter(app, event, exc, attempt, first_failure)
+                return
+            log.exception("%s failed (attempt %d of %d)", where, attempt, UNKNOWN_ERROR_ATTEMPTS)
+            await asyncio.sleep(0.1 * 2**attempt)
 
 
 async def process_batch(app: SomaApp, kind: Kind, batch: list[EventT[bytes]]) -> None:

@@ -67,6 +67,11 @@ class SomaApp(faust.App):
         # a broken module must stop the worker at start-up instead
         raise
 
+    def _create_directories(self) -> None:
+        # faust makes only the last level: with servers reused from elsewhere, ``.stack/`` may not exist yet
+        self.conf.datadir.mkdir(parents=True, exist_ok=True)
+        super()._create_directories()
+
     def _new_transport(self) -> SomaTransport:
         return SomaTransport(self.conf.broker_consumer, self)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from faust.transport.drivers.aiokafka import Producer
 
 # faust's conductor stops delivering consumed messages while more than this many table changelog records
@@ -19,6 +20,11 @@ class IdempotentProducer(Producer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.buffer.max_messages = BUFFER_MAX_MESSAGES
+
+    def client(self) -> AIOKafkaProducer:
+        """The aiokafka producer under faust's (raises NotReady before the worker started it)."""
+        producer: AIOKafkaProducer = self._ensure_producer()
+        return producer
 
     def _settings_extra(self) -> Mapping[str, Any]:
         return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}

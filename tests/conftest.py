@@ -9,7 +9,14 @@ import pytest
 
 from app.settings import Settings
 from deploy.localstack.__main__ import components
-from tests.support.isolation import Isolated, base_settings, drop_stale_databases, isolated, migrated_template
+from tests.support.isolation import (
+    Isolated,
+    admin_execute,
+    base_settings,
+    drop_stale_databases,
+    isolated,
+    migrated_template,
+)
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
@@ -26,8 +33,9 @@ def stack() -> Settings:
 @pytest.fixture(scope="session")
 def template_db(stack: Settings) -> Iterator[str]:
     drop_stale_databases(stack.postgres_dsn)
-    yield migrated_template(stack)
-    drop_stale_databases(stack.postgres_dsn)
+    template = migrated_template(stack)
+    yield template
+    admin_execute(stack.postgres_dsn, f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
 
 
 @pytest.fixture

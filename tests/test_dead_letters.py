@@ -48,6 +48,8 @@ async def test_poison_is_dead_lettered_with_its_reason_and_valid_events_are_stor
         (session, b"\xff\xfe not utf-8", [], "builtins.UnicodeDecodeError"),
         (session, json.dumps(wrong_key).encode(), [], "app.errors.EventInvalid"),
         (session, b"[1, 2, 3]", [], "app.errors.EventInvalid"),
+        # nested 1,500 deep: the stdlib parser raised RecursionError, retried without end (the partition stuck)
+        (session, b'{"a":' + b"[" * 1_500 + b"]" * 1_500 + b"}", [], "json.decoder.JSONDecodeError"),
     ]
     records = []
     for n, (key, value, headers, _) in enumerate(poison):

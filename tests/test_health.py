@@ -15,9 +15,10 @@ import pytest
 from deploy.localstack.base import Component
 from deploy.localstack.postgres_server import PostgresServer
 from deploy.localstack.redis_server import RedisServer
+from tests.support.client import get_json
 from tests.support.isolation import Isolated
 from tests.support.private import private_postgres, private_redis
-from tests.support.worker import Worker
+from tests.support.worker import Worker, running
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +87,14 @@ async def test_a_stopped_component_is_503_named_then_recovers_without_restart(
     _, body = await wait_health(worker, lambda s, b: s == 200)
     assert body["status"] == "ok"
     assert worker.pid == pid and worker.proc is not None and worker.proc.poll() is None
+
+
+async def test_a_worker_starts_when_its_data_dir_does_not_exist_yet(iso: Isolated, artifacts: Path) -> None:
+    """A second clone beside servers started by another has no .stack/ yet: its worker makes the directories."""
+    data_dir = iso.settings.data_dir / "second-clone" / ".stack" / "faust"
+    assert not data_dir.parent.exists()
+    env = iso.env(SOMA_DATA_DIR=str(data_dir))
+    async with running(env, artifacts / "logs" / f"health-datadir-{iso.tag}.log") as worker:
+        status, health = await get_json(worker.url, "/health")
+    assert (status, health["status"]) == (200, "ok")
+    assert data_dir.is_dir()

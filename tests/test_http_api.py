@@ -57,6 +57,8 @@ class Api:
                 self.worker.url + path,
                 data=io.BytesIO(body) if body is not None else None,
                 headers=headers or {},
+                # the bytes as given: no Content-Type of aiohttp's own when the case sends none
+                skip_auto_headers=() if "Content-Type" in (headers or {}) else ("Content-Type",),
             ) as resp,
         ):
             raw = await resp.read()
@@ -93,6 +95,22 @@ STREAM = ("GET", "/v1/session/{session_id}/stream")
         (*MESSAGE, b"{", JSON, 400, "malformed_json"),
         (*MESSAGE, b"{}", JSON, 422, "validation_failed"),
         (*MESSAGE, b'{"message":"x"}', {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+        # no Content-Type: not assumed to be JSON (a cross-site form or beacon could post it without a preflight)
+        (*MESSAGE, b'{"message":"x"}', {}, 415, "unsupported_media_type"),
+        # inputs that once answered 500: nesting 10,000 deep, an unpaired surrogate, a 5,000-digit integer
+        (*MESSAGE, b'{"message":"x","metadata":' + b"[" * 10_000 + b"]" * 10_000 + b"}", JSON, 400, "malformed_json"),
+        (
+            *MESSAGE,
+            b'{"message":"x","metadata":' + b'{"a":' * 10_000 + b"1" + b"}" * 10_001,
+            JSON,
+            400,
+            "malformed_json",
+        ),
+        (*MESSAGE, b'{"message":"\\ud800"}', JSON, 400, "malformed_json"),
+        (*MESSAGE, b'{"message":"x","n":' + b"7" * 5_000 + b"}", JSON, 400, "malformed_json"),
+        # valid JSON that PostgreSQL cannot store
+        (*MESSAGE, b'{"message":"a\\u0000b"}', JSON, 422, "unstorable_text"),
+        (*MESSAGE, b'{"message":"x","metadata":{"k":"\\u0000"}}', JSON, 422, "unstorable_text"),
         (*MESSAGE, b'{"message":"' + b"x" * 1_100_000 + b'"}', JSON, 413, "payload_too_large"),
         (*MESSAGE, b'{"message":"x"}', {**JSON, "Idempotency-Key": "has space"}, 400, "invalid_idempotency_key"),
         (*ACTION, b'{"action":"dance"}', JSON, 400, "unknown_action"),
@@ -104,6 +122,19 @@ STREAM = ("GET", "/v1/session/{session_id}/stream")
         (*EVENTS, "/v1/session/s/events?after=-1", None, None, 400, "invalid_parameter"),
         (*EVENTS, "/v1/session/s/events?limit=0", None, None, 400, "invalid_parameter"),
         (*EVENTS, "/v1/session/s/events?limit=abc", None, None, 400, "invalid_parameter"),
+        # digits str.isdigit() accepts but int() refuses (U+00B2) or reads as another number (U+0661 = 1), and a run
+        # of digits too long for int()
+        (*EVENTS, "/v1/session/s/events?after=%C2%B2", None, None, 400, "invalid_parameter"),
+        (*EVENTS, "/v1/session/s/events?after=%D9%A1", None, None, 400, "invalid_parameter"),
+        (*EVENTS, "/v1/session/s/events?limit=" + "9" * 5_000, None, None, 400, "invalid_parameter"),
+        (
+            *EVENTS,
+            "/v1/session/s/events",
+            None,
+            {"Accept": "text/event-stream", "Last-Event-ID": "9" * 5_000},
+            400,
+            "invalid_parameter",
+        ),
         (*STREAM, "/v1/session/s/stream", None, None, 426, "upgrade_required"),
         (*STREAM, "/v1/session/s/stream?after=x", None, None, 400, "invalid_parameter"),
     ],
@@ -172,3 +203,23 @@ async def test_an_idempotency_key_retry_returns_the_first_answer_and_stores_one_
     )
     assert (status, refused["error"]["code"]) == (422, "idempotency_key_reused")
     assert len(query(dsn, "SELECT 1 FROM session_events WHERE session_id = %s", (session,))) == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/no/such/path", 404, "not_found"),
+        ("POST", "/v1/no-such-endpoint", 404, "not_found"),
+        ("DELETE", "/v1/session/message", 405, "method_not_allowed"),
+        ("PUT", "/health", 405, "method_not_allowed"),
+    ],
+)
+async def test_errors_of_the_router_are_in_the_json_envelope(
+    worker: Worker, method: str, path: str, status: int, code: str
+) -> None:
+    async with aiohttp.ClientSession() as http, http.request(method, worker.url + path) as resp:
+        body = await resp.json()
+        assert (resp.status, resp.content_type) == (status, "application/json")
+        if status == 405:
+            assert resp.headers["Allow"]
+    assert body["error"]["code"] == code and body["error"]["message"]

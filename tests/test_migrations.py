@@ -11,12 +11,12 @@ import pytest
 from app import migrate
 from app.settings import Settings
 from tests.support.db import query
-from tests.support.isolation import TEST_DB_PREFIX, admin_execute, with_database
+from tests.support.isolation import RUN_PREFIX, admin_execute, with_database
 
 
 @pytest.fixture
 def empty_db(stack: Settings) -> Iterator[str]:
-    name = f"{TEST_DB_PREFIX}mig_{uuid.uuid4().hex[:8]}"
+    name = f"{RUN_PREFIX}mig_{uuid.uuid4().hex[:8]}"
     admin_execute(stack.postgres_dsn, f'CREATE DATABASE "{name}"')
     yield with_database(stack.postgres_dsn, name)
     admin_execute(stack.postgres_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

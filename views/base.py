@@ -41,9 +41,11 @@ class ApiView(View):
 
 async def read_json(request: Request) -> Any:
     """The request's JSON body; 415 for another content type, 400 for bytes that are not JSON."""
-    content_type = request.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
+    # required, not assumed: a body without it (sendBeacon, a no-cors fetch) could be posted cross-site
+    # without a CORS preflight
+    content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
-        raise UnsupportedMediaType(f"expected application/json, got {content_type}")
+        raise UnsupportedMediaType(f"expected Content-Type: application/json, got {content_type or 'none'}")
     raw = await request.read()
     try:
         return events.decode(raw)

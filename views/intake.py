@@ -29,13 +29,31 @@ class UnknownAction(ApiError):
     code = "unknown_action"
 
 
+class UnstorableText(ApiError):
+    status = 422
+    code = "unstorable_text"
+
+
 def validated(schema: str, body: Any) -> dict[str, Any]:
     try:
         schemas.validate(schema, body)
     except EventInvalid as exc:
         raise invalid(exc) from exc
+    if _has_nul(body):
+        # valid JSON, but PostgreSQL's jsonb cannot store U+0000: refused here rather than dead-lettered later
+        raise UnstorableText("strings must not contain U+0000 (NUL): it cannot be stored")
     result: dict[str, Any] = body
     return result
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def action_message(body: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ ERROR_CODES = {
     "409": "idempotency_in_progress",
     "413": "payload_too_large",
     "415": "unsupported_media_type",
-    "422": "validation_failed, idempotency_key_reused",
+    "422": "validation_failed, unstorable_text, idempotency_key_reused",
     "426": "upgrade_required",
     "503": "enqueue_failed, idempotency_unavailable",
 }

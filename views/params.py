@@ -8,6 +8,9 @@ from collections.abc import Mapping
 from app.errors import ApiError
 
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+# ASCII digits only (str.isdigit() accepts U+00B2, which int() refuses, and U+0661, which int() reads as 1), and few
+# enough of them that int() stays cheap (Python refuses more than 4,300 digits, with a ValueError)
+DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 class InvalidParameter(ApiError):
@@ -25,7 +28,7 @@ def integer(query: Mapping[str, str], name: str, default: int, low: int, high: i
     raw = query.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
         raise InvalidParameter(f"{name} must be an integer from {low} to {high}")
     return int(raw)
 

@@ -12,9 +12,8 @@ from agents.boundary import retry_transient
 from app import app
 from app.errors import ApiError
 from app.repository import envelope, events_after
-from views import sse, websocket
+from views import connections, http_errors, sse, websocket
 from views.base import ApiView
-from views.connections import install
 from views.params import integer, resume_position
 from views.params import session_id as checked_session_id
 
@@ -80,4 +79,5 @@ class SessionSocket(ApiView):
         return await websocket.serve(app, cast(web.Request, request), sid, after)
 
 
-install(cast(AiohttpWeb, app.web).web_app)
+connections.install(cast(AiohttpWeb, app.web).web_app)
+http_errors.install(cast(AiohttpWeb, app.web).web_app)

@@ -11,9 +11,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from tests.bench import loadgen
 from tests.bench.centrifugo import Centrifugo
-from tests.bench.harness import Result, Stack, cpu_seconds, log_path, summary_ms
+from tests.bench.harness import Result, Stack, cpu_seconds, log_path, start_worker, summary_ms
 from tests.support.kafka import create_topic
-from tests.support.worker import Worker
 
 
 def _load(target: str, base: str, sessions: int, viewers: int, rate: int, seconds: int, pid: int) -> Result:
@@ -76,7 +75,7 @@ async def latency(stack: Stack, rate: int, seconds: int, sessions: int) -> Resul
     """W2: ``rate`` messages/s over ``sessions`` sessions, one WebSocket viewer each."""
     out: dict[str, Any] = {"rate": rate, "seconds": seconds, "sessions": sessions}
     with stack.slice("latency") as iso:
-        worker = Worker(iso.env(), log_path("latency-worker")).start()
+        worker = start_worker(iso.env(), "latency-worker")
         try:
             await worker.wait_http()
             out["soma"] = await asyncio.to_thread(_load, "soma", worker.url, sessions, 1, rate, seconds, worker.pid)
@@ -96,7 +95,7 @@ async def fanout(stack: Stack, rate: int, seconds: int, viewers: int) -> Result:
     """W3: one session watched by ``viewers`` WebSockets, ``rate`` messages/s."""
     out: dict[str, Any] = {"rate": rate, "seconds": seconds, "viewers": viewers}
     with stack.slice("fanout") as iso:
-        worker = Worker(iso.env(), log_path("fanout-worker")).start()
+        worker = start_worker(iso.env(), "fanout-worker")
         try:
             await worker.wait_http()
             out["soma"] = await asyncio.to_thread(_load, "soma", worker.url, 1, viewers, rate, seconds, worker.pid)

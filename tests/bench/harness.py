@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.isolation import Isolated, admin_execute, base_settings, isolated, migrated_template
+from tests.support.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts" / "bench"
@@ -65,6 +66,13 @@ async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, every: 
             return True
         await asyncio.sleep(every)
     return False
+
+
+def start_worker(env: dict[str, str], name: str) -> Worker:
+    """A worker for one workload; its pid in artifacts/bench/worker.pid, for a profiler to attach to."""
+    worker = Worker(env, log_path(name)).start()
+    (ARTIFACTS / "worker.pid").write_text(str(worker.pid))
+    return worker
 
 
 def log_path(name: str) -> Path:

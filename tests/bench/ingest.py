@@ -16,11 +16,10 @@ import aiopg
 from aiokafka import AIOKafkaConsumer
 
 from deploy.localstack.base import free_port, require_command
-from tests.bench.harness import ARTIFACTS, ROOT, Result, Stack, cpu_seconds, log_path, wait_for
+from tests.bench.harness import ROOT, Result, Stack, cpu_seconds, log_path, start_worker, wait_for
 from tests.support.events import message, record
 from tests.support.isolation import Isolated
 from tests.support.kafka import create_topic, produce
-from tests.support.worker import Worker
 
 COUNT_SQL = "SELECT count(*) FROM session_events"
 # every session's seqs run 1..n: its highest seq equals its number of rows
@@ -107,9 +106,7 @@ async def ingest_direct(stack: Stack, count: int, sessions: int) -> Result:
 
 
 async def _service_ingest(iso: Isolated, count: int) -> Result:
-    worker = Worker(iso.env(), log_path("ingest-direct-worker")).start()
-    # a profiler can attach to the worker being measured (tests/bench/README: py-spy)
-    (ARTIFACTS / "worker.pid").write_text(str(worker.pid))
+    worker = start_worker(iso.env(), "ingest-direct-worker")
     timeline: list[tuple[float, int]] = []
     try:
         async with aiopg.create_pool(iso.settings.postgres_dsn, minsize=1, maxsize=1) as pool:
@@ -158,7 +155,7 @@ def run_wrk(url: str, seconds: float, connections: int, sessions: int) -> Result
 async def ingest_http(stack: Stack, seconds: float, connections: int, sessions: int) -> Result:
     """wrk POSTs to one worker, then the same to a plain aiohttp + aiokafka handler (the baseline)."""
     with stack.slice("ingest-http") as iso:
-        worker = Worker(iso.env(), log_path("ingest-http-worker")).start()
+        worker = start_worker(iso.env(), "ingest-http-worker")
         try:
             await worker.wait_http()
             # warm-up: the group forms and every connection is made before the measured run

@@ -155,8 +155,12 @@ def charts(results: dict[str, Any], tag: str) -> list[str]:
         made.append(path.relative_to(DOC.parent).as_posix())
     series = []
     if "w1" in results:
-        timeline = results["w1"]["timeline"]
-        rates = [(t1, (n1 - n0) / (t1 - t0)) for (t0, n0), (t1, n1) in itertools.pairwise(timeline) if t1 > t0]
+        # the row count was polled every 0.1 s: rates over whole seconds
+        per_second: dict[int, int] = {}
+        for t, n in results["w1"]["timeline"]:
+            per_second[int(t)] = n
+        seconds = sorted(per_second)
+        rates = [(float(t1), float(per_second[t1] - per_second[t0])) for t0, t1 in itertools.pairwise(seconds)]
         series.append(("W1 stored events/s", rates))
     for name in ("w2", "w3"):
         if name in results and "timeline" in results[name]["soma"]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,8 +16,12 @@ import redis
 
 from app import migrate
 from app.settings import Settings
+from deploy.localstack.base import pid_alive
 
 TEST_DB_PREFIX = "soma_t_"
+# every database of a run carries the pid of the process that made it: soma_t_<pid>_<what>
+RUN_PREFIX = f"{TEST_DB_PREFIX}{os.getpid()}_"
+OWNED = re.compile(re.escape(TEST_DB_PREFIX) + r"(\d+)_")
 
 
 def base_settings() -> Settings:
@@ -41,21 +46,26 @@ def admin_execute(dsn: str, *statements: str) -> None:
 
 
 def drop_stale_databases(dsn: str) -> None:
-    """Remove databases left behind by an earlier, interrupted run."""
+    """Remove databases left behind by interrupted runs: those whose process is gone.
+
+    A run beside this one (another clone, a bench) keeps its databases: their process is alive.
+    """
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (TEST_DB_PREFIX + "%",))
             for (name,) in cur.fetchall():
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                owner = OWNED.match(name)
+                if owner is not None and not pid_alive(int(owner.group(1))):
+                    cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         conn.close()
 
 
 def migrated_template(settings: Settings) -> str:
     """A database with every migration applied, copied (fast) for each test."""
-    name = f"{TEST_DB_PREFIX}template_{os.getpid()}"
+    name = f"{RUN_PREFIX}template"
     admin_execute(settings.postgres_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
     migrate.apply(with_database(settings.postgres_dsn, name))
     return name
@@ -84,7 +94,7 @@ class Isolated:
 @contextmanager
 def isolated(base: Settings, template: str, data_dir: Path, **overrides: object) -> Iterator[Isolated]:
     tag = uuid.uuid4().hex[:10]
-    database = f"{TEST_DB_PREFIX}{tag}"
+    database = f"{RUN_PREFIX}{tag}"
     admin_execute(base.postgres_dsn, f'CREATE DATABASE "{database}" TEMPLATE "{template}"')
     settings = dataclasses.replace(
         base,
