@@ -16,14 +16,19 @@ class ApiError(SomaError):
 
     status: int = 400
     code: str = "bad_request"
+    retry_after: int | None = None  # seconds, sent as Retry-After
 
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, status: int | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
         if status is not None:
             self.status = status
+        if retry_after is not None:
+            self.retry_after = retry_after
 
     def body(self) -> dict[str, dict[str, str]]:
         return {"error": {"code": self.code, "message": self.message}}
@@ -47,6 +52,14 @@ class UnsupportedMediaType(ApiError):
 class InvalidRequest(ApiError):
     status = 422
     code = "validation_failed"
+
+
+class StorageUnavailable(ApiError):
+    """PostgreSQL did not answer a read within ``SOMA_READ_DEADLINE_SECONDS``; safe to retry later."""
+
+    status = 503
+    code = "storage_unavailable"
+    retry_after = 5
 
 
 class UpstreamUnavailable(ApiError):

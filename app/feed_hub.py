@@ -81,6 +81,7 @@ class FeedHub:
                 await self._ensure().subscribe(name)
             if self._task is None or self._task.done():
                 self._task = asyncio.create_task(self._run(), name="feed hub")
+                self._task.add_done_callback(_report_crash)
 
     async def unsubscribe(self, session_id: str, listener: FeedListener) -> None:
         async with self._lock:
@@ -103,37 +104,45 @@ class FeedHub:
 
     async def _run(self) -> None:
         delay = 0.1
+        lost = False
         while self._listeners:
-            pubsub = self._ensure()
             try:
+                if lost:
+                    # raises while Redis is still away: the except below backs off and tries again
+                    await self._resubscribe()
+                    lost, delay = False, 0.1
+                    self._resync_all()
+                pubsub = self._ensure()
                 # listen() blocks on the socket; get_message(timeout=...) can sit out its whole timeout with
                 # messages already buffered, which showed as ~1 s delivery stalls
                 async for message in pubsub.listen():
-                    delay = 0.1
                     if message["type"] == "message":
                         self._dispatch(message["channel"], message["data"])
-                # listen() returns once nothing is subscribed any more
+                # listen() returns once the connection holds no subscription
                 if not self._listeners:
                     return
-                # a listener is being added and its channel is not subscribed yet: let it finish
-                await asyncio.sleep(0.01)
+                if self._channels and not pubsub.subscribed:
+                    lost = True  # channels are wanted but not subscribed: subscribe them again
+                else:
+                    await asyncio.sleep(0.01)  # a listener is being added: let its subscribe finish
             except (redis.exceptions.RedisError, OSError, RuntimeError) as exc:
                 log.warning("session feed connection lost (%r); resubscribing in %.1fs", exc, delay)
+                lost = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-                await self._resubscribe()
 
     async def _resubscribe(self) -> None:
+        """A new connection subscribed to every watched channel; raises if Redis does not answer."""
         async with self._lock:
-            if self._pubsub is not None:
+            old, self._pubsub = self._pubsub, None
+            if old is not None:
                 with contextlib.suppress(Exception):
-                    await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-            self._pubsub = None
-            try:
-                if self._channels:
-                    await self._ensure().subscribe(*(name.decode() for name in self._channels))
-            except (redis.exceptions.RedisError, OSError):
-                return  # still down: the run loop fails again and retries
+                    await old.aclose()  # type: ignore[no-untyped-call]
+            if self._channels:
+                await self._ensure().subscribe(*(name.decode() for name in self._channels))
+
+    def _resync_all(self) -> None:
+        """Events published while the subscription was away are read from Postgres by every listener."""
         for listeners in list(self._listeners.values()):
             for listener in list(listeners):
                 listener.on_resync()
@@ -158,3 +167,9 @@ class FeedHub:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._client.aclose()
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    # the next subscribe starts the hub again; until then its viewers get nothing live, so say so loudly
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the session feed hub stopped", exc_info=task.exception())

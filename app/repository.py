@@ -220,6 +220,14 @@ async def envelope(pool: aiopg.Pool, session_id: str) -> dict[str, Any] | None:
     return found
 
 
+async def stored_event(pool: aiopg.Pool, event_id: str) -> dict[str, Any] | None:
+    """The stored JSON of event ``event_id``, or None."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("SELECT payload FROM session_events WHERE event_id = %s", (event_id,))
+        row = await cur.fetchone()
+        return None if row is None else dict(row[0])
+
+
 async def head_seq(pool: aiopg.Pool, session_id: str) -> int:
     """The highest seq stored for the session (0 for a session with no events)."""
     async with pool.acquire() as conn, conn.cursor() as cur:

@@ -40,6 +40,8 @@ class Settings:
     health_timeout_seconds: float = 2.0
     postgres_pool_max: int = 10
     kafka_publish_timeout_seconds: float = 10.0
+    # a client's read (session, events, stream opening) waits this long for PostgreSQL, then answers 503
+    read_deadline_seconds: float = 5.0
     # a worker that dies keeps its partitions until the broker stops hearing from it for this long
     kafka_session_timeout_seconds: float = 10.0
     # agents: events are stored in batches of at most batch_max, gathered for at most batch_within_seconds
@@ -102,7 +104,11 @@ class Settings:
             raise SettingsError("SOMA_MAX_BODY_BYTES must be at least 1024")
         if not 6 <= self.kafka_session_timeout_seconds <= 300:
             raise SettingsError("SOMA_KAFKA_SESSION_TIMEOUT_SECONDS must be within the broker's 6..300 s")
-        if self.health_timeout_seconds <= 0 or self.kafka_publish_timeout_seconds <= 0:
+        if (
+            self.health_timeout_seconds <= 0
+            or self.kafka_publish_timeout_seconds <= 0
+            or self.read_deadline_seconds <= 0
+        ):
             raise SettingsError("timeouts must be positive")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError("SOMA_REDIS_URL must be a redis:// or rediss:// URL")

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from app import migrate
@@ -134,3 +135,46 @@ async def test_a_worker_killed_mid_stream_and_restarted_stores_everything_once(i
         await assert_no_dead_letters(iso)
     finally:
         second.stop()
+
+
+async def test_reads_answer_503_with_retry_after_while_postgres_is_down(
+    iso: Isolated, stack: Settings, worker_log: Path
+) -> None:
+    """Session reads and stream opening wait SOMA_READ_DEADLINE_SECONDS for PostgreSQL, never forever."""
+    with private_postgres(stack) as postgres:
+        migrate.apply(postgres.dsn)
+        settings = dataclasses.replace(iso.settings, postgres_dsn=postgres.dsn, read_deadline_seconds=1.0)
+        worker = Worker(dataclasses.replace(iso, settings=settings).env(), worker_log).start()
+        session = f"reads-{iso.tag}"
+        try:
+            await worker.wait_http()
+            async with aiohttp.ClientSession() as http:
+                async with http.post(
+                    worker.url + "/v1/session/message", json={"session_id": session, "message": "hi"}
+                ) as resp:
+                    assert resp.status == 202
+                await wait_rows(postgres.dsn, "SELECT 1 FROM session_events", (), 1)
+                assert postgres.stop()
+                for path, headers in (
+                    (f"/v1/session/{session}", {}),
+                    (f"/v1/session/{session}/events?after=0", {}),
+                    (f"/v1/session/{session}/events", {"Accept": "text/event-stream"}),
+                ):
+                    async with http.get(worker.url + path, headers=headers) as resp:
+                        body = await resp.json()
+                        assert (resp.status, body["error"]["code"]) == (503, "storage_unavailable"), path
+                        assert resp.headers["Retry-After"] == "5"
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await http.ws_connect(f"{worker.url}/v1/session/{session}/stream")
+                assert refused.value.status == 503
+                assert postgres.up() == "started"
+                deadline = time.monotonic() + 60
+                while True:
+                    async with http.get(f"{worker.url}/v1/session/{session}") as resp:
+                        if resp.status == 200:
+                            assert (await resp.json())["last_seq"] == 1
+                            break
+                    assert time.monotonic() < deadline, "reads did not recover after PostgreSQL came back"
+                    await asyncio.sleep(0.2)
+        finally:
+            worker.stop()

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
@@ -223,3 +224,42 @@ async def test_errors_of_the_router_are_in_the_json_envelope(
         if status == 405:
             assert resp.headers["Allow"]
     assert body["error"]["code"] == code and body["error"]["message"]
+
+
+async def test_a_key_reused_after_its_record_expired_is_never_silently_dropped(api: Api, iso_module: Isolated) -> None:
+    """Past SOMA_IDEMPOTENCY_TTL_SECONDS the key's Redis record is gone; its derived event id is still stored."""
+    settings = iso_module.settings
+    key = f"expired-{uuid.uuid4()}"
+    record = f"{settings.redis_prefix}idempotency:{key}"
+    body = json.dumps({"message": "once, even a week-end later"}).encode()
+    status, first = await api.call(*MESSAGE, body=body, headers={**JSON, "Idempotency-Key": key})
+    assert status == 202
+    session = first["session_id"]
+    await wait_rows(settings.postgres_dsn, "SELECT 1 FROM session_events WHERE session_id = %s", (session,), 1)
+
+    async def expire() -> None:
+        # what the record's TTL does, done now
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            assert await client.delete(record) == 1
+        finally:
+            await client.aclose()
+
+    await expire()
+    # the same request again: its stored event is the answer; nothing is published for the store to drop
+    status, again = await api.call(*MESSAGE, body=body, headers={**JSON, "Idempotency-Key": key})
+    assert (status, again) == (202, first)
+    await expire()
+    # another request with the old key: refused, not accepted and then dropped as a duplicate
+    other = json.dumps({"message": "something else"}).encode()
+    status, refused = await api.call(*MESSAGE, body=other, headers={**JSON, "Idempotency-Key": key})
+    assert (status, refused["error"]["code"]) == (422, "idempotency_key_reused")
+    # a later event of the session proves nothing else was enqueued before it
+    await api.call(*MESSAGE, body=json.dumps({"session_id": session, "message": "after"}).encode(), headers=JSON)
+    rows = await wait_rows(
+        settings.postgres_dsn,
+        "SELECT seq, payload FROM session_events WHERE session_id = %s ORDER BY seq",
+        (session,),
+        2,
+    )
+    assert [(r["seq"], r["payload"]["message"]) for r in rows] == [(1, "once, even a week-end later"), (2, "after")]

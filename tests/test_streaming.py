@@ -108,8 +108,22 @@ async def test_websocket_frames_resume_acks_and_errors(worker: Worker, iso_modul
         await ws.send_str("not json")
         await ws.send_str(json.dumps({"message": 5}))
         await ws.send_str(json.dumps({"message": "x", "session_id": "another-session"}))
-        errors = await ws_frames(ws, 3)
-        assert [e["code"] for e in errors] == ["malformed_json", "validation_failed", "session_mismatch"]
+        # frames that once closed the socket with 1000: nesting 1,500 deep, an unpaired surrogate, a
+        # 3,000-digit integer; and text PostgreSQL cannot store
+        await ws.send_str('{"message":"x","metadata":' + "[" * 1_500 + "]" * 1_500 + "}")
+        await ws.send_str('{"message":"\\ud800"}')
+        await ws.send_str('{"message":"x","n":' + "7" * 3_000 + "}")
+        await ws.send_str('{"message":"a\\u0000b"}')
+        errors = await ws_frames(ws, 7)
+        assert [e["code"] for e in errors] == [
+            "malformed_json",
+            "validation_failed",
+            "session_mismatch",
+            "malformed_json",
+            "malformed_json",
+            "malformed_json",
+            "unstorable_text",
+        ]
         assert all(e["type"] == "error" and e["message"] for e in errors)
         # a frame over SOMA_WS_MAX_MESSAGE_BYTES closes with 1009
         await ws.send_str(json.dumps({"message": "y" * 5000}))

@@ -36,7 +36,8 @@ class ApiView(View):
     def error_response(self, exc: ApiError, **extra: Any) -> Response:
         body = exc.body()
         body["error"].update(extra)
-        return self.json(body, status=exc.status)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return self.json(body, status=exc.status, headers=headers)
 
 
 async def read_json(request: Request) -> Any:

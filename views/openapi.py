@@ -20,7 +20,7 @@ ERROR_CODES = {
     "415": "unsupported_media_type",
     "422": "validation_failed, unstorable_text, idempotency_key_reused",
     "426": "upgrade_required",
-    "503": "enqueue_failed, idempotency_unavailable",
+    "503": "enqueue_failed, idempotency_unavailable, storage_unavailable",
 }
 _REF = re.compile(r"^([a-z_]+)\.schema\.json#(.*)$")
 
@@ -126,7 +126,7 @@ def document() -> dict[str, Any]:
                 "get": {
                     "summary": "The session envelope",
                     "parameters": [SESSION_PARAM],
-                    "responses": {"200": _json("Envelope", "the envelope"), **_errors("400", "404")},
+                    "responses": {"200": _json("Envelope", "the envelope"), **_errors("400", "404", "503")},
                 }
             },
             "/v1/session/{session_id}/events": {
@@ -157,7 +157,7 @@ def document() -> dict[str, Any]:
                                 "text/event-stream": {"schema": {"type": "string"}},
                             },
                         },
-                        **_errors("400", "404"),
+                        **_errors("400", "404", "503"),
                     },
                 }
             },
@@ -165,7 +165,10 @@ def document() -> dict[str, Any]:
                 "get": {
                     "summary": "WebSocket stream of the session (events, then live; client messages in)",
                     "parameters": [SESSION_PARAM, AFTER_PARAM],
-                    "responses": {"101": {"description": "switching to WebSocket"}, **_errors("400", "426")},
+                    "responses": {
+                        "101": {"description": "switching to WebSocket"},
+                        **_errors("400", "426", "503"),
+                    },
                 }
             },
             "/health": {

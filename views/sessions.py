@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
 
+import aiopg
 from aiohttp import web
 from faust.web import Request, Response
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
 from agents.boundary import retry_transient
 from app import app
-from app.errors import ApiError
-from app.repository import envelope, events_after
+from app.errors import ApiError, StorageUnavailable
+from app.repository import envelope, events_after, head_seq
 from views import connections, http_errors, sse, websocket
 from views.base import ApiView
 from views.params import integer, resume_position
 from views.params import session_id as checked_session_id
 
 MAX_PAGE = 1_000
+T = TypeVar("T")
 
 
 class SessionNotFound(ApiError):
@@ -25,12 +29,31 @@ class SessionNotFound(ApiError):
     code = "session_not_found"
 
 
+async def _bounded(what: str, attempt: Callable[[aiopg.Pool], Awaitable[T]]) -> T:
+    """A client's read: retried while PostgreSQL is away, for at most ``SOMA_READ_DEADLINE_SECONDS``.
+
+    Then 503 ``storage_unavailable`` with Retry-After: a client waits for an answer, not forever (and faust's
+    web driver does not cancel a handler whose client has gone).
+    """
+    deadline = app.settings.read_deadline_seconds
+    try:
+        async with asyncio.timeout(deadline):
+            pool = await app.resources.postgres()
+            return await retry_transient(what, lambda: attempt(pool))
+    except TimeoutError as exc:
+        raise StorageUnavailable(f"the session store did not answer within {deadline:g} s; retry later") from exc
+
+
 async def _envelope(sid: str) -> dict[str, Any]:
-    pool = await app.resources.postgres()
-    found = await retry_transient(f"envelope {sid}", lambda: envelope(pool, sid))
+    found = await _bounded(f"envelope {sid}", lambda pool: envelope(pool, sid))
     if found is None:
         raise SessionNotFound(f"no session {sid}")
     return found
+
+
+async def _store_answers(sid: str) -> None:
+    """Before a stream is opened (and can no longer answer with a status): PostgreSQL answers."""
+    await _bounded(f"head of {sid}", lambda pool: head_seq(pool, sid))
 
 
 def wants_event_stream(request: Request) -> bool:
@@ -48,14 +71,13 @@ class SessionEvents(ApiView):
     async def get(self, request: Request, session_id: str) -> Any:
         sid = checked_session_id(session_id)
         if wants_event_stream(request):
-            return await sse.serve(
-                app, cast(web.Request, request), sid, resume_position(request.query, request.headers)
-            )
+            position = resume_position(request.query, request.headers)
+            await _store_answers(sid)
+            return await sse.serve(app, cast(web.Request, request), sid, position)
         after = integer(request.query, "after", 0, 0, 2**62)
         limit = integer(request.query, "limit", 100, 1, MAX_PAGE)
         found = await _envelope(sid)
-        pool = await app.resources.postgres()
-        page = await retry_transient(f"events {sid}", lambda: events_after(pool, sid, after, limit))
+        page = await _bounded(f"events {sid}", lambda pool: events_after(pool, sid, after, limit))
         return self.json(
             {
                 "session_id": sid,
@@ -76,6 +98,7 @@ class SessionSocket(ApiView):
             raise ApiError(
                 "this endpoint speaks WebSocket; send an Upgrade request", code="upgrade_required", status=426
             )
+        await _store_answers(sid)
         return await websocket.serve(app, cast(web.Request, request), sid, after)
 
 

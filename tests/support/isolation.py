@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import re
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import redis
+from aiokafka.admin import AIOKafkaAdminClient
 
 from app import migrate
 from app.settings import Settings
@@ -110,6 +113,24 @@ def isolated(base: Settings, template: str, data_dir: Path, **overrides: object)
     finally:
         admin_execute(base.postgres_dsn, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         drop_redis_keys(base.redis_url, settings.redis_prefix)
+        # the test's topics and its app's internal ones (changelogs, the assignor's): run in a thread of its
+        # own, since this context manager is used from async tests as well
+        prefixes = (settings.topic_prefix, f"{settings.app_id}-")
+        worker = threading.Thread(target=asyncio.run, args=(drop_topics(base.kafka_bootstrap, prefixes),))
+        worker.start()
+        worker.join()
+
+
+async def drop_topics(bootstrap: str, prefixes: tuple[str, ...]) -> None:
+    """Delete the topics whose names start with one of ``prefixes`` (a test's own)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        ours = [name for name in await admin.list_topics() if name.startswith(prefixes)]
+        if ours:
+            await admin.delete_topics(ours)
+    finally:
+        await admin.close()
 
 
 def drop_redis_keys(url: str, prefix: str) -> None:

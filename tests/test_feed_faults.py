@@ -1,0 +1,69 @@
+"""The session feed through Redis faults: every viewer gets every event once, in order, without reconnecting."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from app.settings import Settings
+from tests.support.client import SseReader, post_message, ws_frames
+from tests.support.isolation import Isolated
+from tests.support.private import private_redis
+from tests.support.worker import running
+
+
+async def post_all(base: str, session: str, texts: list[str]) -> None:
+    for text in texts:
+        status, answer = await post_message(base, {"session_id": session, "message": text})
+        assert status == 202, answer
+
+
+def seqs_and_texts(events: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    return [(e["seq"], e["message"]) for e in events]
+
+
+async def test_viewers_get_every_event_after_redis_is_down_20_s(
+    iso: Isolated, stack: Settings, artifacts: Path
+) -> None:
+    with private_redis(stack) as redis_server:
+        settings = dataclasses.replace(iso.settings, redis_url=redis_server.url)
+        env = dataclasses.replace(iso, settings=settings).env()
+        session = f"feed-{iso.tag}"
+        before = [f"before {n}" for n in range(20)]
+        during = [f"during {n}" for n in range(20)]
+        after = [f"after {n}" for n in range(20)]
+        async with (
+            running(env, artifacts / "logs" / f"feed-redis-{iso.tag}.log") as worker,
+            aiohttp.ClientSession() as http,
+            http.ws_connect(f"{worker.url}/v1/session/{session}/stream") as ws,
+            http.get(f"{worker.url}/v1/session/{session}/events", headers={"Accept": "text/event-stream"}) as resp,
+        ):
+            sse = SseReader(resp)
+            assert (await ws_frames(ws, 1))[0]["type"] == "recovered"
+            # the retry: block, then recovered
+            assert [e["event"] for e in await sse.events(2)] == [None, "recovered"]
+            await post_all(worker.url, session, before)
+            # Redis goes away for 20 s while events are stored (one a second), and comes back (its
+            # append-only file keeps its data)
+            assert redis_server.stop()
+            for text in during:
+                await post_all(worker.url, session, [text])
+                await asyncio.sleep(1.0)
+            assert redis_server.up() == "started"
+            await post_all(worker.url, session, after)
+            expected = [(n + 1, text) for n, text in enumerate(before + during + after)]
+            got_ws = await ws_frames(ws, len(expected), timeout=90)
+            assert seqs_and_texts(got_ws) == expected
+            got_sse = [e["data"] for e in await sse.events(len(expected), timeout=90)]
+            assert seqs_and_texts(got_sse) == expected
+            # a viewer that joins after the restart gets the history, then live events
+            async with http.ws_connect(f"{worker.url}/v1/session/{session}/stream") as late:
+                frames = await ws_frames(late, len(expected) + 1)
+                assert seqs_and_texts(frames[:-1]) == expected and frames[-1]["type"] == "recovered"
+                await post_all(worker.url, session, ["last"])
+                assert seqs_and_texts(await ws_frames(late, 1)) == [(len(expected) + 1, "last")]
+            assert seqs_and_texts(await ws_frames(ws, 1)) == [(len(expected) + 1, "last")]
