@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, cast
 from aiokafka.errors import KafkaError
 
 from app import events, schemas
-from app.errors import UpstreamUnavailable
+from app.errors import ApiError, UpstreamUnavailable
 from app.producer import IdempotentProducer
 
 if TYPE_CHECKING:
@@ -35,9 +35,29 @@ async def send_event(app: SomaApp, topic: str, event: dict[str, Any], schema: st
         return await pending
 
 
+class Overloaded(ApiError):
+    """More client publishes wait for the broker's ack than ``SOMA_MAX_INFLIGHT_PUBLISHES``: refused at once."""
+
+    status = 503
+    code = "overloaded"
+    retry_after = 1
+
+
 async def publish(app: SomaApp, topic: str, event: dict[str, Any], schema: str) -> Any:
-    """:func:`send_event` for a client's request: a broker failure becomes 503 ``enqueue_failed``."""
+    """:func:`send_event` for a client's request: a broker failure becomes 503 ``enqueue_failed``.
+
+    Past capacity (the broker slow or away, or more requests than it acks) the worker sheds load early:
+    a request beyond ``SOMA_MAX_INFLIGHT_PUBLISHES`` waiting ones is answered 503 ``overloaded`` with
+    Retry-After at once, so memory and answer times stay bounded; nothing it refuses was accepted.
+    """
+    resources = app.resources
+    limit = app.settings.max_inflight_publishes
+    if resources.publishes_in_flight >= limit:
+        raise Overloaded(f"{limit} messages are waiting for the broker already; retry shortly")
+    resources.publishes_in_flight += 1
     try:
         return await send_event(app, topic, event, schema)
     except (TimeoutError, KafkaError) as exc:
         raise UpstreamUnavailable(f"Unable to enqueue message: {type(exc).__name__}") from exc
+    finally:
+        resources.publishes_in_flight -= 1

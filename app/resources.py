@@ -39,6 +39,8 @@ class Resources(Service):
         self._kafka_bootstrapped = False
         self._http: aiohttp.ClientSession | None = None
         self._hub: FeedHub | None = None
+        # client publishes waiting for the broker's ack (app/publish.py sheds load past a limit)
+        self.publishes_in_flight = 0
 
     def feed_hub(self) -> FeedHub:
         """The worker's session-feed subscription, created on first use on the running loop."""

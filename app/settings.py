@@ -40,6 +40,8 @@ class Settings:
     health_timeout_seconds: float = 2.0
     postgres_pool_max: int = 10
     kafka_publish_timeout_seconds: float = 10.0
+    # client messages waiting for the broker's ack at once; beyond it a POST is 503 overloaded (Retry-After)
+    max_inflight_publishes: int = 2_000
     # a client's read (session, events, stream opening) waits this long for PostgreSQL, then answers 503
     read_deadline_seconds: float = 5.0
     # a worker that dies keeps its partitions until the broker stops hearing from it for this long
@@ -120,6 +122,8 @@ class Settings:
             raise SettingsError("SOMA_TABLE_FLUSH_INTERVAL_SECONDS and SOMA_SESSION_CACHE_TTL_SECONDS must be positive")
         if not self.postgres_dsn.startswith(("postgresql://", "postgres://")):
             raise SettingsError("SOMA_POSTGRES_DSN must be a postgresql:// URL")
+        if self.max_inflight_publishes < 1:
+            raise SettingsError("SOMA_MAX_INFLIGHT_PUBLISHES must be >= 1")
         if self.batch_max < 1 or self.batch_within_seconds < 0:
             raise SettingsError("SOMA_BATCH_MAX must be >= 1 and SOMA_BATCH_WITHIN_SECONDS >= 0")
         if self.max_event_bytes < 1024 or self.tool_timeout_seconds <= 0 or self.http_fetch_max_bytes < 1:

@@ -20,7 +20,7 @@ ERROR_CODES = {
     "415": "unsupported_media_type",
     "422": "validation_failed, unstorable_text, idempotency_key_reused",
     "426": "upgrade_required",
-    "503": "enqueue_failed, idempotency_unavailable, storage_unavailable",
+    "503": "enqueue_failed, overloaded, idempotency_unavailable, storage_unavailable",
 }
 _REF = re.compile(r"^([a-z_]+)\.schema\.json#(.*)$")
 

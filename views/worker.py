@@ -26,5 +26,6 @@ class WorkerInfo(ApiView):
                 "assigned": assigned,
                 "open_streams": len(registry),
                 "watched_sessions": app.resources.feed_hub().watched,
+                "publishes_in_flight": app.resources.publishes_in_flight,
             }
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -12,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from tests.bench import loadgen
 from tests.bench.centrifugo import Centrifugo
 from tests.bench.harness import Result, Stack, cpu_seconds, log_path, start_worker, summary_ms
+from tests.support.isolation import Isolated
 from tests.support.kafka import create_topic
 
 
@@ -71,36 +73,46 @@ async def kafka_baseline(bootstrap: str, topic: str, rate: int, seconds: int, se
     return {"deliveries": len(latencies), "delivery_ms": summary_ms(latencies)}
 
 
-async def latency(stack: Stack, rate: int, seconds: int, sessions: int) -> Result:
-    """W2: ``rate`` messages/s over ``sessions`` sessions, one WebSocket viewer each."""
-    out: dict[str, Any] = {"rate": rate, "seconds": seconds, "sessions": sessions}
-    with stack.slice("latency") as iso:
-        worker = start_worker(iso.env(), "latency-worker")
+async def _service_and_peer(
+    stack: Stack,
+    name: str,
+    sessions: int,
+    viewers: int,
+    rate: int,
+    seconds: int,
+    baseline: Callable[[Isolated], Awaitable[Result]] | None = None,
+) -> Result:
+    """The same load on one worker (then ``baseline`` in its slice), then on Centrifugo (Redis engine)."""
+    out: dict[str, Any] = {}
+    with stack.slice(name) as iso:
+        worker = start_worker(iso.env(), f"{name}-worker")
         try:
             await worker.wait_http()
-            out["soma"] = await asyncio.to_thread(_load, "soma", worker.url, sessions, 1, rate, seconds, worker.pid)
+            out["soma"] = await asyncio.to_thread(
+                _load, "soma", worker.url, sessions, viewers, rate, seconds, worker.pid
+            )
         finally:
             worker.stop()
-        out["kafka"] = await kafka_baseline(
-            iso.settings.kafka_bootstrap, iso.topic("bench.latency"), rate, seconds, sessions
+        if baseline is not None:
+            out["kafka"] = await baseline(iso)
+    with Centrifugo("redis", stack.settings.redis_url, log_path(f"{name}-centrifugo")) as peer:
+        out["centrifugo"] = await asyncio.to_thread(
+            _load, "centrifugo", peer.url, sessions, viewers, rate, seconds, peer.pid
         )
-    with Centrifugo(
-        engine="redis", redis_url=stack.settings.redis_url, log_path=log_path("latency-centrifugo")
-    ) as peer:
-        out["centrifugo"] = await asyncio.to_thread(_load, "centrifugo", peer.url, sessions, 1, rate, seconds, peer.pid)
     return out
+
+
+async def latency(stack: Stack, rate: int, seconds: int, sessions: int) -> Result:
+    """W2: ``rate`` messages/s over ``sessions`` sessions, one WebSocket viewer each; raw Kafka beside it."""
+
+    def raw_kafka(iso: Isolated) -> Awaitable[Result]:
+        return kafka_baseline(iso.settings.kafka_bootstrap, iso.topic("bench.latency"), rate, seconds, sessions)
+
+    measured = await _service_and_peer(stack, "latency", sessions, 1, rate, seconds, raw_kafka)
+    return {"rate": rate, "seconds": seconds, "sessions": sessions, **measured}
 
 
 async def fanout(stack: Stack, rate: int, seconds: int, viewers: int) -> Result:
     """W3: one session watched by ``viewers`` WebSockets, ``rate`` messages/s."""
-    out: dict[str, Any] = {"rate": rate, "seconds": seconds, "viewers": viewers}
-    with stack.slice("fanout") as iso:
-        worker = start_worker(iso.env(), "fanout-worker")
-        try:
-            await worker.wait_http()
-            out["soma"] = await asyncio.to_thread(_load, "soma", worker.url, 1, viewers, rate, seconds, worker.pid)
-        finally:
-            worker.stop()
-    with Centrifugo("redis", stack.settings.redis_url, log_path("fanout-centrifugo")) as peer:
-        out["centrifugo"] = await asyncio.to_thread(_load, "centrifugo", peer.url, 1, viewers, rate, seconds, peer.pid)
-    return out
+    measured = await _service_and_peer(stack, "fanout", 1, viewers, rate, seconds)
+    return {"rate": rate, "seconds": seconds, "viewers": viewers, **measured}
