@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv stack-up stack-down stack-status migrate run test lint typecheck schema-drift bench bench-quick bench-tables clean
+.PHONY: help venv stack-up stack-down stack-status migrate run test test-unit lint typecheck schema-drift bench bench-quick bench-tables clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ schema-drift: venv ## compare schemas with the released version
 
 test: lint typecheck schema-drift migrate ## quality gates, then the whole suite against the real servers
 	$(VENV)/bin/pytest
+
+test-unit: venv ## the tests that need no server (settings, schemas, sequencing...), in seconds
+	$(VENV)/bin/pytest -m "not integration"
 
 bench: migrate ## W1-W3 beside their baselines and Centrifugo; rewrites docs/benchmarks.md and its charts
 	$(PY) -m tests.bench

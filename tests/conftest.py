@@ -21,6 +21,13 @@ from tests.support.isolation import (
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that reaches a real server (through ``stack``) is an integration test; the rest need none."""
+    for item in items:
+        if "stack" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def stack() -> Settings:
     """Kafka, Redis and Postgres, up and answering; a test that cannot reach them fails here."""
