@@ -125,120 +125,104 @@ async def _process_forever(app: SomaApp, stream: StreamT[bytes], kind: Kind, bac
 
 
 async def _process_until_done(app: SomaApp, kind: Kind, batch: list[EventT[bytes]]) -> None:
-    """Process ``batch``; after an error of no known kind, its events one at a time, each within bounds.
+    """Process ``batch`` so that every event ends stored or dead-lettered, and the partition moves on.
 
-    Poison and outages are handled inside ``process_batch``; what escapes it is a defect or an input no
-    check foresaw. A batch that raises one is split: every event then gets ``UNKNOWN_ERROR_ATTEMPTS`` tries
-    before it is dead-lettered with its cause, so one record never holds its partition forever.
+    Decoding dead-letters poison once. Outages are retried inside the store. What else fails (a value
+    PostgreSQL refuses, a defect, an input no check foresaw) splits the batch: each event's store and
+    follow-up is then tried alone, dead-lettered at once if the cause is permanent, else after
+    ``UNKNOWN_ERROR_ATTEMPTS`` tries, so one record never holds its partition.
     """
+    items = await _decode(app, kind, batch)
+    if not items:
+        return
     try:
-        await process_batch(app, kind, batch)
+        await _store_and_follow_up(app, kind, items)
         return
     except asyncio.CancelledError:
         raise
+    except PERMANENT as exc:
+        log.warning("a batch of %d %s events failed (%r); storing them one at a time", len(items), kind.topic, exc)
     except Exception:
-        log.exception("a batch of %d %s events failed; processing them one at a time", len(batch), kind.topic)
-    for event in batch:
-        await _process_alone(app, kind, event)
+        log.exception("a batch of %d %s events failed; storing them one at a time", len(items), kind.topic)
+    for item in items:
+        await _alone_until_done(app, kind, item)
 
 
-async def _process_alone(app: SomaApp, kind: Kind, event: EventT[bytes]) -> None:
+async def _alone_until_done(app: SomaApp, kind: Kind, item: Incoming) -> None:
     first_failure = time.time()
     for attempt in range(1, UNKNOWN_ERROR_ATTEMPTS + 1):
         try:
-            await process_batch(app, kind, [event])
+            await _store_and_follow_up(app, kind, [item])
             return
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            message = event.message
-            where = f"{message.topic}[{message.partition}]@{message.offset}"
-            if attempt == UNKNOWN_ERROR_ATTEMPTS:
-                log.error("%s failed %d times (%r): dead-lettering it", where, attempt, exc)
-                await send_to_dead_letter(app, event, exc, attempt, first_failure)
+            if isinstance(exc, PERMANENT) or attempt == UNKNOWN_ERROR_ATTEMPTS:
+                await send_to_dead_letter(app, item.origin, exc, attempt, first_failure)
                 return
-            log.exception("%s failed (attempt %d of %d)", where, attempt, UNKNOWN_ERROR_ATTEMPTS)
+            source = item.source
+            log.exception(
+                "%s[%d]@%d failed (attempt %d of %d)",
+                source.topic,
+                source.partition,
+                source.offset,
+                attempt,
+                UNKNOWN_ERROR_ATTEMPTS,
+            )
             await asyncio.sleep(0.1 * 2**attempt)
 
 
-async def process_batch(app: SomaApp, kind: Kind, batch: list[EventT[bytes]]) -> None:
-    """Dead-letter the poison of ``batch``, store the rest, mirror it to the table and the feed."""
+async def _decode(app: SomaApp, kind: Kind, batch: list[EventT[bytes]]) -> list[Incoming]:
+    """The batch's valid events; poison (not JSON, invalid, too large, wrongly keyed) is dead-lettered now.
+
+    Decoding is pure, so an error of any kind here belongs to the record (a retry would fail the same way).
+    """
     # every event of the batch is stored, even one whose partition was revoked meanwhile: the batch is acked
     # as a whole afterwards, and acking an event that was set aside let faust commit past it (events lost in
     # rebalances); its new owner may read it again, and the store keeps it once
     items: list[Incoming] = []
-    origin: dict[int, EventT[bytes]] = {}
     for event in batch:
         message = event.message
         try:
             decoded = {**kind.defaults, **decode(message.value, kind.schema, app.settings.max_event_bytes)}
             if message.key != decoded["session_id"].encode():
                 raise EventInvalid(kind.schema, [f"(key): record key {message.key!r} is not the session_id"])
-        except PERMANENT as exc:
+        except Exception as exc:
             await send_to_dead_letter(app, event, exc, 1, time.time())
             continue
-        item = Incoming(decoded, Source(message.topic, message.partition, message.offset))
-        items.append(item)
-        origin[id(item)] = event
-    if not items:
-        return
-    result = await _store(app, items, origin)
-    _mirror_to_table(result, items, origin)
+        items.append(Incoming(decoded, Source(message.topic, message.partition, message.offset), event))
+    return items
+
+
+async def _store_and_follow_up(app: SomaApp, kind: Kind, items: list[Incoming]) -> None:
+    """Store, note for the session tables, run the agent's after-store step (tools)."""
+    result = await _store(app, items)
+    _mirror_to_table(result, items)
     if kind.after_store is not None:
         await kind.after_store(app, result, items)
 
 
-async def _store(app: SomaApp, items: list[Incoming], origin: dict[int, EventT[bytes]]) -> BatchResult:
+async def _store(app: SomaApp, items: list[Incoming]) -> BatchResult:
+    """Store ``items`` (outages retried here) and feed what was stored; any other failure is the caller's."""
     pool = await app.resources.postgres()
     redis = app.resources.redis
     # one writer at a time per worker: the feed then carries each session's events in seq order even
     # when several agents (topics) write the same session
     async with app.resources.store_lock:
-        try:
-            result = await retry_transient("store batch", lambda: store_batch(pool, items))
-        except Exception as exc:
-            log.warning("batch of %d failed (%r): storing its events one by one", len(items), exc)
-            result = await _store_one_by_one(app, items, origin)
+        result = await retry_transient("store batch", lambda: store_batch(pool, items))
         await retry_transient(
             "publish to the session feed", lambda: feed.publish(redis, app.settings, result.stored, result.encoded)
         )
     return result
 
 
-async def _store_one_by_one(app: SomaApp, items: list[Incoming], origin: dict[int, EventT[bytes]]) -> BatchResult:
-    """Find the events that can never be stored, dead-letter them, store the others in order."""
-    pool = await app.resources.postgres()
-    total = BatchResult()
-    for item in items:
-        first_failure = time.time()
-        for attempt in range(1, UNKNOWN_ERROR_ATTEMPTS + 1):
-            try:
-                one = await retry_transient("store event", lambda item=item: store_batch(pool, [item]))  # type: ignore[misc]
-            except PERMANENT as exc:
-                await send_to_dead_letter(app, origin[id(item)], exc, attempt, first_failure)
-                break
-            except Exception as exc:
-                if attempt == UNKNOWN_ERROR_ATTEMPTS:
-                    await send_to_dead_letter(app, origin[id(item)], exc, attempt, first_failure)
-                    break
-                log.exception("storing %s failed (attempt %d)", item.event.get("event_id"), attempt)
-                await asyncio.sleep(0.1 * 2**attempt)
-            else:
-                total.stored.extend(one.stored)
-                total.encoded.extend(one.encoded)
-                total.duplicates.extend(one.duplicates)
-                total.envelopes.update(one.envelopes)
-                break
-    return total
-
-
-def _mirror_to_table(result: BatchResult, items: list[Incoming], origin: dict[int, EventT[bytes]]) -> None:
+def _mirror_to_table(result: BatchResult, items: list[Incoming]) -> None:
     """Note each session's committed state for the session tables' next write-out (tables/sessions.py)."""
-    last_event = {item.event["session_id"]: origin[id(item)] for item in items}
+    last_event = {item.event["session_id"]: item.origin for item in items}
     for session_id, envelope in result.envelopes.items():
         event = last_event.get(session_id)
         if event is not None:
             mirror.note(session_id, envelope, event)
 
 
-__all__ = ["Kind", "consume", "process_batch"]
+__all__ = ["Kind", "consume"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from app import events
 from app.settings import Settings
@@ -27,9 +29,16 @@ async def publish(
     args: list[bytes | str] = []
     for event, payload in zip(stored, payloads, strict=True):
         args += (channel(settings, event["session_id"]), payload)
-    # one command for the whole batch: a pipeline of one PUBLISH per event cost ~7 % of a busy worker;
-    # Script runs EVALSHA and loads the script again after a Redis restart (NOSCRIPT)
-    await client.register_script(PUBLISH_ALL)(args=args)
+    # one command for the whole batch: a pipeline of one PUBLISH per event cost ~7 % of a busy worker
+    await _publish_all(client)(args=args)
+
+
+def _publish_all(client: aioredis.Redis) -> AsyncScript:
+    """The client's script object (made once): it runs EVALSHA, and loads the script again after NOSCRIPT."""
+    script = _SCRIPTS.get(client)
+    if script is None:
+        script = _SCRIPTS[client] = client.register_script(PUBLISH_ALL)
+    return script
 
 
 # PUBLISH each (channel, message) pair of ARGV, in order
@@ -37,3 +46,4 @@ PUBLISH_ALL = """
 for i = 1, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
 return #ARGV / 2
 """
+_SCRIPTS: weakref.WeakKeyDictionary[aioredis.Redis, AsyncScript] = weakref.WeakKeyDictionary()

@@ -67,6 +67,8 @@ class Incoming:
 
     event: dict[str, Any]
     source: Source
+    # the consumed record (a faust event) it was decoded from: what is dead-lettered if it cannot be stored
+    origin: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from tests.support.worker import Worker
 
 ALL_ROWS = "SELECT * FROM session_events ORDER BY id"
 MAX_EVENT_BYTES = 4096
+# what psycopg2 raises for U+0000 in a jsonb value (SQLSTATE 22P05)
+NUL_REFUSED = "psycopg2.errors.UntranslatableCharacter"
 
 
 @pytest.fixture
@@ -50,6 +52,9 @@ async def test_poison_is_dead_lettered_with_its_reason_and_valid_events_are_stor
         (session, b"[1, 2, 3]", [], "app.errors.EventInvalid"),
         # nested 1,500 deep: the stdlib parser raised RecursionError, retried without end (the partition stuck)
         (session, b'{"a":' + b"[" * 1_500 + b"]" * 1_500 + b"}", [], "json.decoder.JSONDecodeError"),
+        # valid JSON and schema, refused by PostgreSQL inside the batch insert: its batch is split, it alone
+        # is dead-lettered
+        (session, json.dumps(message("poison-1", "nul \u0000 here")).encode(), [], NUL_REFUSED),
     ]
     records = []
     for n, (key, value, headers, _) in enumerate(poison):

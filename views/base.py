@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import aiopg
 from aiohttp import web
 from faust.web import Request, Response, View
 
+from agents.boundary import retry_transient
 from app import events
 from app.errors import (
     ApiError,
@@ -16,10 +20,15 @@ from app.errors import (
     InvalidRequest,
     MalformedRequest,
     PayloadTooLarge,
+    StorageUnavailable,
     UnsupportedMediaType,
 )
 
+if TYPE_CHECKING:
+    from app.faust_app import SomaApp
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ApiView(View):
@@ -52,6 +61,21 @@ async def read_json(request: Request) -> Any:
         return events.decode(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedRequest(f"request body is not valid JSON: {exc}") from exc
+
+
+async def bounded_read(app: SomaApp, what: str, attempt: Callable[[aiopg.Pool], Awaitable[T]]) -> T:
+    """A client's read: retried while PostgreSQL is away, for at most ``SOMA_READ_DEADLINE_SECONDS``.
+
+    Then 503 ``storage_unavailable`` with Retry-After: a client waits for an answer, not forever (and faust's
+    web driver does not cancel a handler whose client has gone).
+    """
+    deadline = app.settings.read_deadline_seconds
+    try:
+        async with asyncio.timeout(deadline):
+            pool = await app.resources.postgres()
+            return await retry_transient(what, lambda: attempt(pool))
+    except TimeoutError as exc:
+        raise StorageUnavailable(f"the session store did not answer within {deadline:g} s; retry later") from exc
 
 
 def invalid(exc: EventInvalid) -> InvalidRequest:

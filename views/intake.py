@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from agents.boundary import retry_transient
 from app import events, schemas
-from app.errors import ApiError, EventInvalid, StorageUnavailable
+from app.errors import ApiError, EventInvalid
 from app.publish import publish
 from app.repository import stored_event
 from app.topics import CONVERSATION_INBOUND
-from views.base import invalid
+from views.base import bounded_read, invalid
 
 if TYPE_CHECKING:
     from app.faust_app import SomaApp
@@ -80,7 +78,10 @@ async def accept_message(app: SomaApp, request: dict[str, Any], idempotency_key:
         event["event_id"] = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, "event:" + idempotency_key))
         if not request.get("session_id"):
             event["session_id"] = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, "session:" + idempotency_key))
-        earlier = await _stored(app, event["event_id"])
+        # the key's earlier event, if its Redis record expired: unchecked, a reused key could publish an event
+        # that the store then drops as a duplicate
+        event_id = event["event_id"]
+        earlier = await bounded_read(app, f"event {event_id}", lambda pool: stored_event(pool, event_id))
         if earlier is not None:
             return _earlier_answer(earlier, event)
     await publish(app, CONVERSATION_INBOUND, event, "conversation_event")
@@ -89,18 +90,6 @@ async def accept_message(app: SomaApp, request: dict[str, Any], idempotency_key:
 
 # what a client sent, compared between an event stored under a key and a new request with that key
 REQUEST_FIELDS = ("session_id", "persona_id", "message", "attachments", "metadata")
-
-
-async def _stored(app: SomaApp, event_id: str) -> dict[str, Any] | None:
-    """The event stored under a key's derived id: the key was used before its record in Redis expired."""
-    deadline = app.settings.read_deadline_seconds
-    try:
-        async with asyncio.timeout(deadline):
-            pool = await app.resources.postgres()
-            return await retry_transient(f"event {event_id}", lambda: stored_event(pool, event_id))
-    except TimeoutError as exc:
-        # unchecked, a reused key could publish an event that the store then drops as a duplicate
-        raise StorageUnavailable(f"the session store did not answer within {deadline:g} s; retry later") from exc
 
 
 def _earlier_answer(earlier: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
-import aiopg
 from aiohttp import web
 from faust.web import Request, Response
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
-from agents.boundary import retry_transient
 from app import app
-from app.errors import ApiError, StorageUnavailable
+from app.errors import ApiError
 from app.repository import envelope, events_after, head_seq
 from views import connections, http_errors, sse, websocket
-from views.base import ApiView
+from views.base import ApiView, bounded_read
 from views.params import integer, resume_position
 from views.params import session_id as checked_session_id
 
 MAX_PAGE = 1_000
-T = TypeVar("T")
 
 
 class SessionNotFound(ApiError):
@@ -29,23 +24,8 @@ class SessionNotFound(ApiError):
     code = "session_not_found"
 
 
-async def _bounded(what: str, attempt: Callable[[aiopg.Pool], Awaitable[T]]) -> T:
-    """A client's read: retried while PostgreSQL is away, for at most ``SOMA_READ_DEADLINE_SECONDS``.
-
-    Then 503 ``storage_unavailable`` with Retry-After: a client waits for an answer, not forever (and faust's
-    web driver does not cancel a handler whose client has gone).
-    """
-    deadline = app.settings.read_deadline_seconds
-    try:
-        async with asyncio.timeout(deadline):
-            pool = await app.resources.postgres()
-            return await retry_transient(what, lambda: attempt(pool))
-    except TimeoutError as exc:
-        raise StorageUnavailable(f"the session store did not answer within {deadline:g} s; retry later") from exc
-
-
 async def _envelope(sid: str) -> dict[str, Any]:
-    found = await _bounded(f"envelope {sid}", lambda pool: envelope(pool, sid))
+    found = await bounded_read(app, f"envelope {sid}", lambda pool: envelope(pool, sid))
     if found is None:
         raise SessionNotFound(f"no session {sid}")
     return found
@@ -53,7 +33,7 @@ async def _envelope(sid: str) -> dict[str, Any]:
 
 async def _store_answers(sid: str) -> None:
     """Before a stream is opened (and can no longer answer with a status): PostgreSQL answers."""
-    await _bounded(f"head of {sid}", lambda pool: head_seq(pool, sid))
+    await bounded_read(app, f"head of {sid}", lambda pool: head_seq(pool, sid))
 
 
 def wants_event_stream(request: Request) -> bool:
@@ -77,7 +57,7 @@ class SessionEvents(ApiView):
         after = integer(request.query, "after", 0, 0, 2**62)
         limit = integer(request.query, "limit", 100, 1, MAX_PAGE)
         found = await _envelope(sid)
-        page = await _bounded(f"events {sid}", lambda pool: events_after(pool, sid, after, limit))
+        page = await bounded_read(app, f"events {sid}", lambda pool: events_after(pool, sid, after, limit))
         return self.json(
             {
                 "session_id": sid,
