@@ -44,8 +44,12 @@ typecheck: venv ## mypy --strict on the app code
 schema-drift: venv ## compare schemas with the released version
 	$(PY) -m app.schema_drift
 
+# two test processes: most of the suite's time is spent waiting (outages held 20 s, rebalances), not computing;
+# a test file runs whole in one process (its module's worker is shared by its tests)
+TEST_PROCESSES ?= 2
+
 test: lint typecheck schema-drift migrate ## quality gates, then the whole suite against the real servers
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadfile
 
 test-unit: venv ## the tests that need no server (settings, schemas, sequencing...), in seconds
 	$(VENV)/bin/pytest -m "not integration"

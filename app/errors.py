@@ -17,6 +17,7 @@ class ApiError(SomaError):
     status: int = 400
     code: str = "bad_request"
     retry_after: int | None = None  # seconds, sent as Retry-After
+    close_connection: bool = False  # the connection is closed after the answer (its request was not read whole)
 
     def __init__(
         self, message: str, *, code: str | None = None, status: int | None = None, retry_after: int | None = None
@@ -37,6 +38,12 @@ class ApiError(SomaError):
 class MalformedRequest(ApiError):
     status = 400
     code = "malformed_json"
+
+
+class BodyTimeout(ApiError):
+    status = 408
+    code = "body_timeout"
+    close_connection = True
 
 
 class PayloadTooLarge(ApiError):

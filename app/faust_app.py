@@ -11,6 +11,7 @@ from typing import Any
 import faust
 from aiokafka.errors import KafkaError
 from faust.exceptions import NotReady
+from faust.types.web import Web
 from mode import ServiceT
 
 from app import diagnostics
@@ -71,6 +72,11 @@ class SomaApp(faust.App):
         # faust makes only the last level: with servers reused from elsewhere, ``.stack/`` may not exist yet
         self.conf.datadir.mkdir(parents=True, exist_ok=True)
         super()._create_directories()
+
+    def _new_web(self) -> Web:
+        from views.server import GuardedWeb  # the web layer, imported only by a worker that serves it
+
+        return GuardedWeb(self)
 
     def _new_transport(self) -> SomaTransport:
         return SomaTransport(self.conf.broker_consumer, self)

@@ -27,8 +27,9 @@ class Resources(Service):
         self.settings = settings
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
             settings.redis_url,
-            socket_timeout=settings.health_timeout_seconds,
-            socket_connect_timeout=settings.health_timeout_seconds,
+            # /health bounds its own ping by SOMA_HEALTH_TIMEOUT_SECONDS
+            socket_timeout=settings.redis_timeout_seconds,
+            socket_connect_timeout=settings.redis_timeout_seconds,
             retry_on_timeout=False,
         )
         self._pg_pool: aiopg.Pool | None = None

@@ -34,10 +34,18 @@ class Settings:
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     max_body_bytes: int = 1_048_576
+    # connections at once (capped below the descriptor limit); a request head must arrive within the idle
+    # timeout of a connection opening or of its previous response; a body within the body timeout
+    http_max_connections: int = 10_000
+    http_idle_timeout_seconds: float = 30.0
+    http_body_timeout_seconds: float = 30.0
     # faust's local state directory (table checkpoints)
     data_dir: Path = ROOT / ".stack" / "faust"
     # health checks and connections
     health_timeout_seconds: float = 2.0
+    # a Redis command's answer is awaited this long before Redis counts as unavailable (not the health timeout:
+    # a busy event loop or a short stall must not turn into a false outage)
+    redis_timeout_seconds: float = 10.0
     postgres_pool_max: int = 10
     kafka_publish_timeout_seconds: float = 10.0
     # client messages waiting for the broker's ack at once; beyond it a POST is 503 overloaded (Retry-After)
@@ -110,6 +118,9 @@ class Settings:
             self.health_timeout_seconds <= 0
             or self.kafka_publish_timeout_seconds <= 0
             or self.read_deadline_seconds <= 0
+            or self.http_idle_timeout_seconds <= 0
+            or self.http_body_timeout_seconds <= 0
+            or self.redis_timeout_seconds <= 0
         ):
             raise SettingsError("timeouts must be positive")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
@@ -122,6 +133,8 @@ class Settings:
             raise SettingsError("SOMA_TABLE_FLUSH_INTERVAL_SECONDS and SOMA_SESSION_CACHE_TTL_SECONDS must be positive")
         if not self.postgres_dsn.startswith(("postgresql://", "postgres://")):
             raise SettingsError("SOMA_POSTGRES_DSN must be a postgresql:// URL")
+        if self.http_max_connections < 16:
+            raise SettingsError("SOMA_HTTP_MAX_CONNECTIONS must be >= 16")
         if self.max_inflight_publishes < 1:
             raise SettingsError("SOMA_MAX_INFLIGHT_PUBLISHES must be >= 1")
         if self.batch_max < 1 or self.batch_within_seconds < 0:

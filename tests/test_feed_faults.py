@@ -1,4 +1,4 @@
-"""The session feed through Redis faults: every viewer gets every event once, in order, without reconnecting."""
+"""Redis faults: every viewer gets every event once, in order, without reconnecting; a stall is no outage."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis.asyncio as aioredis
 
 from app.settings import Settings
 from tests.support.client import SseReader, post_message, ws_frames
@@ -47,6 +48,18 @@ async def test_viewers_get_every_event_after_redis_is_down_20_s(
             # the retry: block, then recovered
             assert [e["event"] for e in await sse.events(2)] == [None, "recovered"]
             await post_all(worker.url, session, before)
+            # Redis answers nothing for 3 s, longer than the 2 s health timeout (as a worker's busy event loop
+            # once made it seem): a POST that needs it (Idempotency-Key) waits, it is no false 503 outage
+            pauser = aioredis.Redis.from_url(redis_server.url)
+            try:
+                assert await pauser.execute_command("CLIENT", "PAUSE", "3000", "ALL")
+            finally:
+                await pauser.aclose()
+            status, answer = await post_message(
+                worker.url, {"session_id": session, "message": "stalled"}, {"Idempotency-Key": f"stall-{iso.tag}"}
+            )
+            assert status == 202, answer
+            before.append("stalled")
             # Redis goes away for 20 s while events are stored (one a second), and comes back (its
             # append-only file keeps its data)
             assert redis_server.stop()

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aiopg
 from aiohttp import web
@@ -16,6 +16,7 @@ from agents.boundary import retry_transient
 from app import events
 from app.errors import (
     ApiError,
+    BodyTimeout,
     EventInvalid,
     InvalidRequest,
     MalformedRequest,
@@ -46,17 +47,31 @@ class ApiView(View):
         body = exc.body()
         body["error"].update(extra)
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-        return self.json(body, status=exc.status, headers=headers)
+        response = self.json(body, status=exc.status, headers=headers)
+        if exc.close_connection:
+            cast(web.Response, response).force_close()
+        return response
 
 
-async def read_json(request: Request) -> Any:
-    """The request's JSON body; 415 for another content type, 400 for bytes that are not JSON."""
+async def read_json(request: Request, within: float) -> Any:
+    """The request's JSON body; 415 for another content type, 400 for bytes that are not JSON.
+
+    A body not complete within ``within`` seconds is 408 ``body_timeout`` (a client sending it a byte at a
+    time would otherwise hold its connection and handler forever).
+    """
     # required, not assumed: a body without it (sendBeacon, a no-cors fetch) could be posted cross-site
     # without a CORS preflight
     content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise UnsupportedMediaType(f"expected Content-Type: application/json, got {content_type or 'none'}")
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(within):
+            raw = await request.read()
+    except TimeoutError as exc:
+        # the rest of the body is not waited for either: aiohttp would otherwise read ("linger") for 10 s more
+        # before closing the connection of the client that is too slow already
+        cast(web.Request, request).content.feed_eof()
+        raise BodyTimeout(f"the request body did not arrive within {within:g} s") from exc
     try:
         return events.decode(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

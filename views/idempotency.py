@@ -54,7 +54,10 @@ async def once(
     except redis.exceptions.RedisError as exc:
         # without the record, a retry could enqueue twice: refuse rather than guess
         raise ApiError(
-            "idempotency records are unavailable; retry later", code="idempotency_unavailable", status=503
+            "idempotency records are unavailable; retry later",
+            code="idempotency_unavailable",
+            status=503,
+            retry_after=1,
         ) from exc
     try:
         status, body = await make()

@@ -27,12 +27,12 @@ async def _answer(view: ApiView, request: Request, message: dict[str, Any], body
 @app.page("/v1/session/message")
 class SessionMessage(ApiView):
     async def post(self, request: Request) -> Response:
-        body = await read_json(request)
+        body = await read_json(request, app.settings.http_body_timeout_seconds)
         return await _answer(self, request, validated("message_request", body), body)
 
 
 @app.page("/v1/session/action")
 class SessionAction(ApiView):
     async def post(self, request: Request) -> Response:
-        body = await read_json(request)
+        body = await read_json(request, app.settings.http_body_timeout_seconds)
         return await _answer(self, request, action_message(validated("action_request", body)), body)

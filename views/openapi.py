@@ -13,15 +13,20 @@ from app import app, schemas
 from views.base import ApiView
 
 ERROR_CODES = {
-    "400": "malformed_json, invalid_parameter, unknown_action, invalid_idempotency_key",
+    "400": "malformed_json, invalid_parameter, unknown_action, invalid_idempotency_key, malformed_http",
     "404": "session_not_found",
+    "408": "body_timeout",
     "409": "idempotency_in_progress",
     "413": "payload_too_large",
     "415": "unsupported_media_type",
     "422": "validation_failed, unstorable_text, idempotency_key_reused",
     "426": "upgrade_required",
-    "503": "enqueue_failed, overloaded, idempotency_unavailable, storage_unavailable",
+    "431": "request_head_too_large",
+    "503": "enqueue_failed, overloaded, idempotency_unavailable, storage_unavailable, too_many_connections",
 }
+# answered by the server before any endpoint (views/server.py): malformed HTTP, an oversized request head,
+# every connection busy
+ANY_REQUEST = ("400", "431", "503")
 _REF = re.compile(r"^([a-z_]+)\.schema\.json#(.*)$")
 
 
@@ -91,12 +96,21 @@ IDEMPOTENCY_HEADER = {
 
 
 def document() -> dict[str, Any]:
+    doc = _document()
+    for operations in doc["paths"].values():
+        for operation in operations.values():
+            for status, answer in _errors(*ANY_REQUEST).items():
+                operation["responses"].setdefault(status, answer)
+    return doc
+
+
+def _document() -> dict[str, Any]:
     post_body = {
         "post": {
             "parameters": [IDEMPOTENCY_HEADER],
             "responses": {
                 "202": _json("Accepted", "accepted: the broker has the event"),
-                **_errors("400", "409", "413", "415", "422", "503"),
+                **_errors("400", "408", "409", "413", "415", "422", "503"),
             },
         }
     }
@@ -176,7 +190,19 @@ def document() -> dict[str, Any]:
                     "summary": "Kafka, Redis and Postgres checked for real",
                     "responses": {
                         "200": _json("Health", "every component answers"),
-                        "503": _json("Health", "a component is down (named in failing)"),
+                        "503": {
+                            "description": "a component is down (named in failing); or error too_many_connections",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "oneOf": [
+                                            {"$ref": "#/components/schemas/Health"},
+                                            {"$ref": "#/components/schemas/Error"},
+                                        ]
+                                    }
+                                }
+                            },
+                        },
                     },
                 }
             },

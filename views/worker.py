@@ -9,6 +9,7 @@ from faust.web import Request, Response
 from app import app
 from views.base import ApiView
 from views.connections import registry
+from views.server import GuardedWeb
 
 
 @app.page("/v1/worker")
@@ -27,5 +28,7 @@ class WorkerInfo(ApiView):
                 "open_streams": len(registry),
                 "watched_sessions": app.resources.feed_hub().watched,
                 "publishes_in_flight": app.resources.publishes_in_flight,
+                # HTTP connections: open now, the limit, refused and idle ones closed to make room since start
+                "connections": app.web.connection_counts() if isinstance(app.web, GuardedWeb) else None,
             }
         )
