@@ -76,6 +76,12 @@ POST_HEAD = b"POST /v1/session/message HTTP/1.1\r\nHost: t\r\nContent-Type: appl
         (POST_HEAD + b"Content-Length: abc\r\n\r\n{}", 400, "malformed_http"),
         (POST_HEAD + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}", 400, "malformed_http"),
         (POST_HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", 400, "malformed_http"),
+        # an Idempotency-Key holding the UTF-8 form of an unpaired surrogate (U+D800): once a 500
+        (
+            POST_HEAD + b'Idempotency-Key: \xed\xa0\x80\r\nContent-Length: 15\r\n\r\n{"message":"x"}',
+            400,
+            "invalid_idempotency_key",
+        ),
     ],
     ids=[
         "header-without-colon",
@@ -87,6 +93,7 @@ POST_HEAD = b"POST /v1/session/message HTTP/1.1\r\nHost: t\r\nContent-Type: appl
         "content-length-not-a-number",
         "two-content-lengths",
         "bad-chunk-size",
+        "idempotency-key-surrogate",
     ],
 )
 async def test_malformed_http_is_answered_in_the_json_envelope(
