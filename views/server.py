@@ -79,6 +79,7 @@ class GuardedServer(Server):
     def __init__(self, *args: Any, max_connections: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_connections = max_connections
+        self.accepted = 0
         self.refused = 0
         self.evicted = 0
         # connections whose client is still there (aiohttp's own list keeps a closed one until its handler ends)
@@ -126,6 +127,7 @@ class GuardedHandler(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         server = cast(GuardedServer, self._manager)
+        server.accepted += 1
         server.live += 1
         if server.live > server.max_connections and not server.make_room():
             server.refused += 1
@@ -227,10 +229,11 @@ class GuardedWeb(AiohttpWeb):
     def connection_counts(self) -> dict[str, int]:
         server = self._runner.server
         if not isinstance(server, GuardedServer):
-            return {"open": 0, "max": 0, "refused": 0, "evicted": 0}
+            return {"open": 0, "max": 0, "accepted": 0, "refused": 0, "evicted": 0}
         return {
             "open": server.live,
             "max": server.max_connections,
+            "accepted": server.accepted,
             "refused": server.refused,
             "evicted": server.evicted,
         }
