@@ -186,7 +186,7 @@ async def served(worker: Worker, method: str, path: str, body: Any = None, timeo
 
 
 async def test_idle_connections_beyond_the_limit_never_starve_health_or_posts(worker: Worker) -> None:
-    """Once 20,000 idle connections took every descriptor of the worker; now the idlest make room.
+    """Once 20,000 idle connections took every descriptor of the worker; now the oldest idle ones make room.
 
     While the kernel still hands the 200 over (some only after SYN retries), every connection the worker holds
     may be younger than the 0.25 s that makes one evictable: a newcomer is then told 503 too_many_connections
@@ -209,7 +209,7 @@ async def test_idle_connections_beyond_the_limit_never_starve_health_or_posts(wo
             assert time.monotonic() < deadline, counts
             await asyncio.sleep(0.2)
         assert counts["max"] == MAX_CONNECTIONS, counts
-        # beyond the limit, each was refused, or made room by closing the idlest (or the idle timeout did)
+        # beyond the limit, each was refused, or made room by closing the oldest idle one (or the idle timeout did)
         assert counts["refused"] + counts["evicted"] >= 1, counts
         # the 200 sockets do not each hold a descriptor of the worker (refused ones only for their last second)
         deadline = time.monotonic() + 30

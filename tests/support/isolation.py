@@ -7,6 +7,7 @@ import dataclasses
 import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
+import psycopg2.errors
 import redis
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -43,7 +45,17 @@ def admin_execute(dsn: str, *statements: str) -> None:
     try:
         with conn.cursor() as cur:
             for statement in statements:
-                cur.execute(statement)
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        cur.execute(statement)
+                        break
+                    except (psycopg2.errors.InsufficientPrivilege, psycopg2.errors.ObjectInUse):
+                        # DROP DATABASE ... WITH (FORCE) cannot end an autovacuum worker busy in that database
+                        # (it runs as the server's superuser): it is done within moments, then the drop works
+                        if not statement.startswith("DROP DATABASE") or time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.2)
     finally:
         conn.close()
 
@@ -58,12 +70,13 @@ def drop_stale_databases(dsn: str) -> None:
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (TEST_DB_PREFIX + "%",))
-            for (name,) in cur.fetchall():
-                owner = OWNED.match(name)
-                if owner is not None and not pid_alive(int(owner.group(1))):
-                    cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            names = [name for (name,) in cur.fetchall()]
     finally:
         conn.close()
+    for name in names:
+        owner = OWNED.match(name)
+        if owner is not None and not pid_alive(int(owner.group(1))):
+            admin_execute(dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def migrated_template(settings: Settings) -> str:
