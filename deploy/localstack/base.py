@@ -135,6 +135,10 @@ class Component(ABC):
                 self.wait()
                 return "running"
             try:
+                deadline = time.monotonic() + self.start_seconds
+                # False: the server is there but not ready yet (Redis loading its data after a restart)
+                while not self.answers() and time.monotonic() < deadline:
+                    time.sleep(0.3)
                 if self.answers():
                     return "reused"
             except WrongService:

@@ -66,8 +66,10 @@ class PostgresServer(Component):
                 # a PostgreSQL server, without our role or database yet
                 self.provision()
                 conn = psycopg2.connect(self.dsn, connect_timeout=3)
-            elif "Connection refused" in text or "starting up" in text or "shutting down" in text:
+            elif "Connection refused" in text or "shutting down" in text:
                 raise
+            elif "starting up" in text or "not yet accepting connections" in text:
+                return False  # recovering after an unclean stop (crash recovery, WAL replay): it answers once done
             else:
                 raise WrongService(
                     f"postgres: {self.host}:{self.port} does not answer as PostgreSQL ({text.strip()})"

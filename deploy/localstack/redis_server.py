@@ -27,6 +27,8 @@ class RedisServer(Component):
         client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
         try:
             return bool(client.ping())
+        except redis.exceptions.BusyLoadingError:
+            return False  # Redis, still reading its append-only file into memory: it answers once loaded
         except redis.exceptions.ConnectionError as exc:
             if "Connection refused" in str(exc) or "Error 111" in str(exc):
                 raise
