@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
+from faust.transport.consumer import RecordMap
 from faust.transport.drivers.aiokafka import Consumer, Transport
 from faust.types import TP, Message
 from faust.types.transports import TPorTopicSet
 from faust.types.tuples import ack_lock
 
 log = logging.getLogger(__name__)
+
+
+# how often fetched records are looked for while a partition waits for room in its stream's buffer
+BUFFERED_POLL_SECONDS = 0.01
 
 
 class HeadKeepingConsumer(Consumer):
@@ -58,6 +65,8 @@ class HeadKeepingConsumer(Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.refused_acks = 0
+        # set when a partition paused for a full stream buffer (or by hand) may be fetched again
+        self._partitions_back = asyncio.Event()
         # partition -> (committed offset, lowest acked offset, first seen): records skipped at the head
         self._head_gaps: dict[TP, tuple[int, int, float]] = {}
 
@@ -98,6 +107,35 @@ class HeadKeepingConsumer(Consumer):
         result: bool = await super().commit(topics, start_new_transaction=start_new_transaction)
         return result
 
+    def on_buffer_drop(self, tp: TP) -> None:
+        super().on_buffer_drop(tp)
+        self._partitions_back.set()
+
+    def resume_partitions(self, tps: Iterable[TP]) -> None:
+        super().resume_partitions(tps)
+        self._partitions_back.set()
+
+    async def _wait_next_records(self, timeout: float) -> tuple[RecordMap | None, set[TP] | None]:  # noqa: ASYNC109
+        """faust's wait for the next records, except that it fetches again as soon as a partition may be read.
+
+        When every partition is paused because the streams' buffers are full, faust sleeps a whole second
+        before looking again, although a buffer usually has room again within milliseconds. Here it waits for
+        a partition to come back (a second at most).
+        """
+        if not self.flow_active:
+            await self.wait(self.can_resume_flow)  # type: ignore[arg-type]
+        try:
+            self.not_waiting_next_records.set()
+            active_partitions = None if self.app.client_only else self._get_active_partitions()
+            if active_partitions is None or active_partitions:
+                return await self._getmany(active_partitions=active_partitions, timeout=timeout), active_partitions
+            self._partitions_back.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._partitions_back.wait(), timeout=1.0)
+            return {}, active_partitions
+        finally:
+            self.not_waiting_next_records.set()
+
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:  # noqa: ASYNC109
         """faust's ``Consumer.getmany``, except that no record aiokafka handed over is dropped silently.
 
@@ -105,6 +143,12 @@ class HeadKeepingConsumer(Consumer):
         batch when the flow stops or the generation changes; aiokafka's position is already past them, so they
         were never read again. Here the partition is sought back to the first record not handed on.
         """
+        # A partition paused while its stream's buffer was full is taken back when the buffer drains, but
+        # nothing wakes a fetch already waiting for the other partitions' records: with faust's 1 s a worker
+        # storing a backlog read it in bursts of ~8,000 records and stood idle ~40 % of the time in between
+        # (docs/benchmarks.md). While a partition is paused so, fetched records are looked for more often.
+        if self._buffered_partitions:
+            timeout = min(timeout, BUFFERED_POLL_SECONDS)
         records, active_partitions = await self._wait_next_records(timeout)
         generation_id = self.app.consumer_generation_id
         if records is None or self.should_stop:
