@@ -20,7 +20,7 @@ import psycopg2
 import redis.exceptions
 from aiokafka.errors import KafkaError
 
-from app import events, schemas
+from app import events, retry, schemas
 from app.errors import EventInvalid, SomaError
 from app.repository import ConcurrentInsert
 from app.topics import dead_letter
@@ -59,8 +59,6 @@ PERMANENT: tuple[type[BaseException], ...] = (
     psycopg2.DataError,
     psycopg2.IntegrityError,
 )
-BACKOFF_START = 0.1
-BACKOFF_CAP = 5.0
 
 
 def decode(raw: bytes | None, schema: str, max_bytes: int) -> dict[str, Any]:
@@ -77,19 +75,19 @@ def decode(raw: bytes | None, schema: str, max_bytes: int) -> dict[str, Any]:
 
 
 async def retry_transient(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
-    """Run ``attempt`` until it succeeds, sleeping with capped exponential backoff after transient errors."""
-    delay = BACKOFF_START
+    """Run ``attempt`` until it succeeds, waiting ``retry.INFRASTRUCTURE``'s backoff after transient errors."""
+    delays = retry.INFRASTRUCTURE.delays()
     failures = 0
     while True:
         try:
             return await attempt()
         except TRANSIENT as exc:
             failures += 1
+            delay = next(delays)
             # the first failure and then every tenth are logged: an outage must not flood the log
             if failures == 1 or failures % 10 == 0:
                 log.warning("%s: transient failure #%d, retrying in %.1fs: %r", what, failures, delay, exc)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_CAP)
 
 
 async def send_to_dead_letter(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from agents.boundary import PERMANENT, decode, retry_transient, send_to_dead_letter
-from app import feed
+from app import feed, retry
 from app.errors import EventInvalid
 from app.repository import BatchResult, Incoming, Source, store_batch
 from tables.sessions import mirror
@@ -150,6 +150,7 @@ async def _process_until_done(app: SomaApp, kind: Kind, batch: list[EventT[bytes
 
 async def _alone_until_done(app: SomaApp, kind: Kind, item: Incoming) -> None:
     first_failure = time.time()
+    delays = retry.UNKNOWN_ERROR.delays()
     for attempt in range(1, UNKNOWN_ERROR_ATTEMPTS + 1):
         try:
             await _store_and_follow_up(app, kind, [item])
@@ -169,7 +170,7 @@ async def _alone_until_done(app: SomaApp, kind: Kind, item: Incoming) -> None:
                 attempt,
                 UNKNOWN_ERROR_ATTEMPTS,
             )
-            await asyncio.sleep(0.1 * 2**attempt)
+            await asyncio.sleep(next(delays))
 
 
 async def _decode(app: SomaApp, kind: Kind, batch: list[EventT[bytes]]) -> list[Incoming]:

@@ -14,7 +14,7 @@ from faust.exceptions import NotReady
 from faust.types.web import Web
 from mode import ServiceT
 
-from app import diagnostics
+from app import diagnostics, retry
 from app.producer import IdempotentProducer
 from app.resources import Resources
 from app.settings import Settings
@@ -94,7 +94,7 @@ class SomaApp(faust.App):
 
         Retried in the background: a broker that restarts just then must not stop the worker.
         """
-        delay = 0.5
+        delays = retry.TOPIC_DECLARE.delays()
         for topic in self.session_topics.all():
             while True:
                 if self.should_stop:
@@ -105,9 +105,9 @@ class SomaApp(faust.App):
                 except NotReady:
                     return  # the producer has stopped: the worker is shutting down
                 except KafkaError as exc:
+                    delay = next(delays)
                     log.warning("declaring %s failed, retrying in %.1fs: %r", topic.get_topic_name(), delay, exc)
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10.0)
 
 
 def create_app(settings: Settings, **overrides: Any) -> SomaApp:

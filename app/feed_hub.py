@@ -16,7 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from app import events
+from app import events, retry
 from app.feed import channel
 from app.settings import Settings
 
@@ -103,14 +103,14 @@ class FeedHub:
         return self._pubsub
 
     async def _run(self) -> None:
-        delay = 0.1
+        delays = retry.FEED_RECONNECT.delays()
         lost = False
         while self._listeners:
             try:
                 if lost:
                     # raises while Redis is still away: the except below backs off and tries again
                     await self._resubscribe()
-                    lost, delay = False, 0.1
+                    lost, delays = False, retry.FEED_RECONNECT.delays()
                     self._resync_all()
                 pubsub = self._ensure()
                 # listen() blocks on the socket; get_message(timeout=...) can sit out its whole timeout with
@@ -126,10 +126,10 @@ class FeedHub:
                 else:
                     await asyncio.sleep(0.01)  # a listener is being added: let its subscribe finish
             except (redis.exceptions.RedisError, OSError, RuntimeError) as exc:
+                delay = next(delays)
                 log.warning("session feed connection lost (%r); resubscribing in %.1fs", exc, delay)
                 lost = True
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     async def _resubscribe(self) -> None:
         """A new connection subscribed to every watched channel; raises if Redis does not answer."""

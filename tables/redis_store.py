@@ -18,6 +18,7 @@ from faust.types import TP, AppT, CollectionT, EventT
 from faust.types.tuples import FutureMessage, RecordMetadata
 from yarl import URL
 
+from app import retry
 from tables.partition_state import PartitionState
 from tables.redis_config import StoreConfig
 from tables.redis_io import RedisPartitions, wipe_blocking
@@ -231,14 +232,15 @@ class RedisStore(SerializedStore[Any, Any]):
 
     async def _write_behind(self) -> None:
         delay = self.config.flush_interval
+        failed = retry.TABLE_FLUSH.delays()
         while True:
             await self.sleep(delay)
             if self.should_stop:
                 return
             if await self.flush():
-                delay = self.config.flush_interval
+                delay, failed = self.config.flush_interval, retry.TABLE_FLUSH.delays()
             else:
-                delay = min(max(delay, 0.25) * 2, 5.0)
+                delay = max(next(failed), self.config.flush_interval)
 
     async def flush(self) -> bool:
         """Write every active partition's confirmed changes now; False when Redis failed (they are kept)."""

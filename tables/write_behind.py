@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 from redis.exceptions import RedisError
 
+from app import retry
 from tables.partition_state import PartitionState
 from tables.redis_config import StoreConfig
 from tables.redis_io import Loaded, RedisPartitions
@@ -98,11 +99,12 @@ class WriteBehind:
         return part
 
     async def _read(self, partition: int, started: float) -> Loaded | None:
-        delay = 0.2
+        delays = retry.TABLE_LOAD.delays()
         while True:
             try:
                 return await self.redis.load(partition)
             except RedisError as exc:
+                delay = next(delays)
                 if time.monotonic() - started + delay > self.config.load_timeout:
                     # a long replay beats a worker that cannot start: the changelog has every change
                     log.warning(
@@ -115,4 +117,3 @@ class WriteBehind:
                     return None
                 log.warning("table %s partition %d: reading Redis failed (%r), retrying", self.table, partition, exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
