@@ -38,7 +38,6 @@ async def send_event(app: SomaApp, topic: str, event: dict[str, Any], schema: st
 class Overloaded(ApiError):
     """More client publishes wait for the broker's ack than ``SOMA_MAX_INFLIGHT_PUBLISHES``: refused at once."""
 
-    status = 503
     code = "overloaded"
     retry_after = 1
 

@@ -68,8 +68,9 @@ async def test_a_slow_reader_is_closed_with_1013_and_memory_stays_bounded(worker
             f"\nRSS growth over {EVENTS * EVENT_TEXT / 1e6:.0f} MB of feed: {growth:.1f} MB with a reader that "
             f"does not read, {control_growth:.1f} MB with no reader"
         )
-        # unbounded buffering would hold all 60 MB for the slow reader; the queue holds at most QUEUE_MAX events
-        assert growth < control_growth + 25
+        # unbounded buffering would hold all 60 MB for the slow reader; the queue holds at most QUEUE_MAX events.
+        # A control that shrank (the allocator gave memory back meanwhile: -12 MB seen) sets no tighter bound.
+        assert growth < max(control_growth, 0.0) + 25
         _, info = await get_json(worker.url, "/v1/worker")
         deadline = time.monotonic() + 30
         while info["open_streams"] and time.monotonic() < deadline:

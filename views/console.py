@@ -37,7 +37,6 @@ ASSETS = {
 
 
 class AssetNotFound(ApiError):
-    status = 404
     code = "not_found"
 
 

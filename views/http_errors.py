@@ -6,7 +6,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+from app.errors import error_body, status_of
+
+# aiohttp's own refusals, by status; any other is a defect of ours (its 500 is answered by views/server.py)
+CODES = {status_of(code): code for code in ("malformed_http", "not_found", "method_not_allowed", "payload_too_large")}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -20,8 +23,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        body = {"error": {"code": CODES.get(exc.status, "http_error"), "message": exc.reason}}
-        return web.json_response(body, status=exc.status, headers=headers)
+        code = CODES.get(exc.status)
+        if code is None:
+            raise
+        return web.json_response(error_body(code, exc.reason), status=exc.status, headers=headers)
 
 
 def install(web_app: web.Application) -> None:

@@ -19,7 +19,6 @@ KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 class IdempotencyError(ApiError):
-    status = 409
     code = "idempotency_in_progress"
 
 
@@ -56,7 +55,6 @@ async def once(
         raise ApiError(
             "idempotency records are unavailable; retry later",
             code="idempotency_unavailable",
-            status=503,
             retry_after=1,
         ) from exc
     try:
@@ -75,7 +73,7 @@ async def once(
 
 def _replay(record: dict[str, Any], print_: str) -> tuple[int, dict[str, Any]]:
     if record.get("fingerprint") != print_:
-        raise ApiError("this Idempotency-Key was used with another request", code="idempotency_key_reused", status=422)
+        raise ApiError("this Idempotency-Key was used with another request", code="idempotency_key_reused")
     if record.get("pending"):
         raise IdempotencyError("a request with this Idempotency-Key is being processed")
     return int(record["status"]), record["body"]

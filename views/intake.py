@@ -26,12 +26,10 @@ ACTIONS = {
 
 
 class UnknownAction(ApiError):
-    status = 400
     code = "unknown_action"
 
 
 class UnstorableText(ApiError):
-    status = 422
     code = "unstorable_text"
 
 
@@ -101,6 +99,5 @@ def _earlier_answer(earlier: dict[str, Any], event: dict[str, Any]) -> dict[str,
         raise ApiError(
             "this Idempotency-Key was used with another request (its record has expired; use a new key)",
             code="idempotency_key_reused",
-            status=422,
         )
     return {"session_id": earlier["session_id"], "event_id": earlier["event_id"]}

@@ -10,23 +10,17 @@ from typing import Any
 from faust.web import Request, Response
 
 from app import app, schemas
+from app.errors import CODES
 from views.base import ApiView
 
-ERROR_CODES = {
-    "400": "malformed_json, invalid_parameter, unknown_action, invalid_idempotency_key, malformed_http",
-    "404": "session_not_found",
-    "408": "body_timeout",
-    "409": "idempotency_in_progress",
-    "413": "payload_too_large",
-    "415": "unsupported_media_type",
-    "422": "validation_failed, unstorable_text, idempotency_key_reused",
-    "426": "upgrade_required",
-    "431": "request_head_too_large",
-    "503": "enqueue_failed, overloaded, idempotency_unavailable, storage_unavailable, too_many_connections",
+# the codes of app.errors.CODES answered over HTTP, by status
+ERROR_CODES: dict[str, str] = {
+    str(status): ", ".join(code for code, known in CODES.items() if known.status == status and not known.websocket_only)
+    for status in sorted({known.status for known in CODES.values() if not known.websocket_only})
 }
-# answered by the server before any endpoint (views/server.py): malformed HTTP, an oversized request head,
-# every connection busy
-ANY_REQUEST = ("400", "431", "503")
+# answered to any request, before or beside its endpoint (views/server.py, views/http_errors.py): malformed
+# HTTP, a method the path does not take, an oversized request head, a defect, every connection busy
+ANY_REQUEST = ("400", "405", "431", "500", "503")
 _REF = re.compile(r"^([a-z_]+)\.schema\.json#(.*)$")
 
 

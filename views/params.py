@@ -14,7 +14,6 @@ DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 class InvalidParameter(ApiError):
-    status = 400
     code = "invalid_parameter"
 
 

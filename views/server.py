@@ -26,6 +26,8 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
+from app.errors import error_body, status_of
+
 if TYPE_CHECKING:
     from app.faust_app import SomaApp
 
@@ -43,7 +45,7 @@ REFUSALS_LINGERING = 256
 DESCRIPTOR_RESERVE = 512
 
 REFUSAL_BODY = json.dumps(
-    {"error": {"code": "too_many_connections", "message": "the server has too many connections; retry later"}}
+    error_body("too_many_connections", "the server has too many connections; retry later")
 ).encode()
 REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
@@ -177,13 +179,13 @@ class GuardedHandler(RequestHandler):
     ) -> web.StreamResponse:
         answer = super().handle_error(request, status, exc, message)  # logs it, and raises if already answering
         if status == HTTPStatus.INTERNAL_SERVER_ERROR:
-            code, text = "internal_error", "the server failed to answer this request"
+            body = error_body("internal_error", "the server failed to answer this request")
         elif isinstance(exc, LineTooLong) or "Too many headers" in str(message or exc):
             # the request line or a header field too long (SOMA-independent aiohttp limits: 8190 bytes, 128 fields)
-            status, code, text = 431, "request_head_too_large", "the request line or headers exceed the server's limits"
+            status = status_of("request_head_too_large")
+            body = error_body("request_head_too_large", "the request line or headers exceed the server's limits")
         else:
-            code, text = "malformed_http", str(message or exc or HTTPStatus(status).phrase)
-        body = {"error": {"code": code, "message": text}}
+            body = error_body("malformed_http", str(message or exc or HTTPStatus(status).phrase))
         response = web.json_response(body, status=status)
         response.force_close()
         del answer

@@ -20,7 +20,6 @@ MAX_PAGE = 1_000
 
 
 class SessionNotFound(ApiError):
-    status = 404
     code = "session_not_found"
 
 
@@ -75,9 +74,7 @@ class SessionSocket(ApiView):
         sid = checked_session_id(session_id)
         after = integer(request.query, "after", 0, 0, 2**62)
         if request.headers.get("Upgrade", "").lower() != "websocket":
-            raise ApiError(
-                "this endpoint speaks WebSocket; send an Upgrade request", code="upgrade_required", status=426
-            )
+            raise ApiError("this endpoint speaks WebSocket; send an Upgrade request", code="upgrade_required")
         await _store_answers(sid)
         return await websocket.serve(app, cast(web.Request, request), sid, after)
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from app import events
-from app.errors import ApiError
+from app.errors import ApiError, error_body
 from app.feed_hub import FeedItem
 from views.intake import accept_message, validated
 from views.session_stream import SlowReader
@@ -67,7 +67,9 @@ class SocketConnection(StreamConnection):
             if message.type == WSMsgType.TEXT:
                 await self._on_client_message(message.data)
             elif message.type == WSMsgType.BINARY:
-                await self._send({"type": "error", "code": "binary_not_supported", "message": "send JSON text frames"})
+                await self._send(
+                    {"type": "error", **error_body("binary_not_supported", "send JSON text frames")["error"]}
+                )
 
     async def _send(self, frame: dict[str, Any]) -> None:
         async with self._send_lock:
@@ -119,7 +121,7 @@ class SocketConnection(StreamConnection):
         try:
             body = events.decode(data)
         except ValueError:
-            await self._send({"type": "error", "code": "malformed_json", "message": "frame is not valid JSON"})
+            await self._send(_error_frame("malformed_json", "frame is not valid JSON"))
             return
         ref = body.get("ref") if isinstance(body, dict) else None
         try:
@@ -159,3 +161,7 @@ async def serve(app: SomaApp, request: web.Request, session_id: str, after: int)
     await ws.prepare(request)
     await SocketConnection(app, request, ws, session_id, after).run()
     return ws
+
+
+def _error_frame(code: str, message: str) -> dict[str, Any]:
+    return {"type": "error", **error_body(code, message)["error"]}
