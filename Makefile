@@ -29,7 +29,7 @@ stack-status: venv ## report each component of the stack
 	$(PY) -m deploy.localstack status
 
 migrate: stack-up ## apply the database migrations
-	$(PY) -m app.migrate
+	$(PY) -m tools.migrate
 
 run: migrate ## run the worker and its web server on SOMA_WEB_PORT (6066)
 	$(VENV)/bin/faust -A app worker -l info
@@ -42,7 +42,7 @@ typecheck: venv ## mypy --strict on the app code
 	$(VENV)/bin/mypy
 
 schema-drift: venv ## compare schemas with the released version
-	$(PY) -m app.schema_drift
+	$(PY) -m tools.schema_drift
 
 # two test processes: most of the suite's time is spent waiting (outages held 20 s, rebalances), not computing;
 # a test file runs whole in one process (its module's worker is shared by its tests)

@@ -12,7 +12,9 @@ from typing import Any
 from app.errors import SettingsError
 
 PREFIX = "SOMA_"
-ROOT = Path(__file__).resolve().parent.parent
+# the local folders (.stack/...) are relative to where the worker or the stack starts: a checkout for make run
+# and make test, the working directory of an installed worker
+ROOT = Path.cwd()
 
 
 @dataclass(frozen=True)

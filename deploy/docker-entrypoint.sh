@@ -6,7 +6,7 @@
 set -eu
 
 if [ "${1:-}" = "faust" ]; then
-    python -m app.migrate
+    python -m tools.migrate
 fi
 
 exec "$@"

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from app import dead_letters
 from tests.support.db import wait_rows
 from tests.support.events import check_sequenced, message, record
 from tests.support.isolation import Isolated
 from tests.support.kafka import create_topic, produce, read_topic
 from tests.support.worker import Worker
+from tools import dead_letters
 
 ALL_ROWS = "SELECT * FROM session_events ORDER BY id"
 MAX_EVENT_BYTES = 4096

@@ -15,7 +15,6 @@ from typing import Any
 import aiohttp
 import pytest
 
-from app import migrate
 from app.settings import Settings
 from deploy.localstack.base import free_port, port_open
 from deploy.localstack.kafka_broker import KafkaBroker
@@ -26,6 +25,7 @@ from tests.support.isolation import Isolated
 from tests.support.kafka import create_topic, end_offsets, produce, produce_steadily
 from tests.support.private import private_postgres
 from tests.support.worker import Worker
+from tools import migrate
 
 ALL_ROWS = "SELECT * FROM session_events ORDER BY id"
 STREAM_ROWS = "SELECT * FROM session_events WHERE session_id <> 'shed-1' ORDER BY id"

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import psycopg2
 import pytest
 
-from app import migrate
 from app.settings import Settings
 from tests.support.db import query
 from tests.support.isolation import RUN_PREFIX, admin_execute, with_database
+from tools import migrate
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from app import schemas
-from app.schema_drift import (
+from tools.schema_drift import (
     RELEASED_DIR,
     SCHEMA_DIR,
     drift,
@@ -311,7 +311,7 @@ def test_the_newest_release_is_the_highest_version(tmp_path: Path) -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app.schema_drift", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "tools.schema_drift", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
 
 

@@ -19,9 +19,9 @@ import psycopg2.errors
 import redis
 from aiokafka.admin import AIOKafkaAdminClient
 
-from app import migrate
 from app.settings import Settings
 from deploy.localstack.base import pid_alive
+from tools import migrate
 
 TEST_DB_PREFIX = "soma_t_"
 # every database of a run carries the pid of the process that made it: soma_t_<pid>_<what>

@@ -21,7 +21,12 @@ FAUST = Path(sys.executable).parent / "faust"
 
 
 class Worker:
-    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, port: int | None = None, python: Path | None = None, cwd: Path = ROOT
+    ) -> None:
+        """``python``: run ``python -m faust`` of that interpreter (an installed copy) instead of ours, from ``cwd``."""
+        self.argv = [str(python), "-m", "faust"] if python is not None else [str(FAUST)]
+        self.cwd = cwd
         self.port = port or free_port()
         self.env = {**env, "SOMA_WEB_PORT": str(self.port)}
         self.log_path = log_path
@@ -40,8 +45,8 @@ class Worker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [str(FAUST), "-A", "app", "worker", "-l", "info"],
-                cwd=ROOT,
+                [*self.argv, "-A", "app", "worker", "-l", "info"],
+                cwd=self.cwd,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

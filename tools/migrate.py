@@ -1,16 +1,16 @@
-"""Apply the yoyo migrations of ``migrations/`` (``python -m app.migrate``; ``make migrate``)."""
+"""Apply the yoyo migrations of ``migrations/`` (``python -m tools.migrate``; ``make migrate``)."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 from yoyo import get_backend, read_migrations
 
+from app import data
 from app.settings import Settings
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = data.folder("migrations")
 
 
 def _backend(dsn: str) -> Any:

@@ -684,7 +684,7 @@ def newest_release(released: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.schema_drift", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.schema_drift", description=__doc__)
     parser.add_argument(
         "--released", type=Path, default=RELEASED_DIR, metavar="DIR", help="a version folder, or a folder of vN folders"
     )
