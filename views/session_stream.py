@@ -158,16 +158,33 @@ class SessionStream:
                 continue
             item = self._pending.popleft()
             if item is None:
-                # the feed reconnected: whatever was stored meanwhile comes from Postgres
-                for missed in await self._read(self.last_sent, PAGE):
-                    self.last_sent = missed["seq"]
-                    yield FeedItem.of(missed)
+                # the feed reconnected: whatever was stored meanwhile comes from Postgres, all of it
+                async for missed in self._catch_up():
+                    yield missed
                 continue
             if item.seq <= self.last_sent:
                 continue
             if item.seq > self.last_sent + 1:
-                for missed in await self._read(self.last_sent, item.seq - self.last_sent - 1, item.seq):
-                    self.last_sent = missed["seq"]
-                    yield FeedItem.of(missed)
+                async for missed in self._catch_up(before=item.seq):
+                    yield missed
             self.last_sent = item.seq
             yield item
+
+    async def _catch_up(self, before: int | None = None) -> AsyncIterator[FeedItem]:
+        """The stored events after the last one sent (and before ``before``), page by page, in seq order.
+
+        Like a resume, at most ``SOMA_STREAM_RECOVERY_MAX`` of them: a viewer further behind (the feed away a
+        long time on a busy session) is closed as a slow reader, to resume from its last seq.
+        """
+        limit = self.app.settings.stream_recovery_max
+        replayed = 0
+        while True:
+            page = await self._read(self.last_sent, PAGE, before)
+            for event in page:
+                if replayed == limit:
+                    raise SlowReader(f"more than {limit} events behind after the feed came back")
+                replayed += 1
+                self.last_sent = event["seq"]
+                yield FeedItem.of(event)
+            if len(page) < PAGE:
+                return
