@@ -46,6 +46,7 @@ CODES: dict[str, ErrorCode] = {
     "idempotency_unavailable": ErrorCode(503, "idempotency records (Redis) are unavailable; retry"),
     "storage_unavailable": ErrorCode(503, "PostgreSQL did not answer within SOMA_READ_DEADLINE_SECONDS; retry"),
     "too_many_connections": ErrorCode(503, "every connection slot is busy; retry after Retry-After"),
+    "feed_unavailable": ErrorCode(503, "a stream could not subscribe to the session feed (Redis); retry"),
 }
 
 

@@ -78,7 +78,13 @@ class FeedHub:
             if len(listeners) == 1:
                 name = channel(self.settings, session_id)
                 self._channels[name.encode()] = session_id
-                await self._ensure().subscribe(name)
+                try:
+                    await self._ensure().subscribe(name)
+                except BaseException:
+                    # Redis refused or the caller gave up: nothing of this subscription stays registered
+                    del self._listeners[session_id]
+                    self._channels.pop(name.encode(), None)
+                    raise
             if self._task is None or self._task.done():
                 self._task = asyncio.create_task(self._run(), name="feed hub")
                 self._task.add_done_callback(_report_crash)

@@ -11,7 +11,8 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from app.settings import Settings
-from tests.support.client import SseReader, post_message, ws_frames
+from tests.support.client import SseReader, get_json, post_message, ws_frames
+from tests.support.db import wait_rows
 from tests.support.isolation import Isolated
 from tests.support.private import private_redis
 from tests.support.worker import running
@@ -80,3 +81,39 @@ async def test_viewers_get_every_event_after_redis_is_down_20_s(
                 await post_all(worker.url, session, ["last"])
                 assert seqs_and_texts(await ws_frames(late, 1)) == [(len(expected) + 1, "last")]
             assert seqs_and_texts(await ws_frames(ws, 1)) == [(len(expected) + 1, "last")]
+
+
+async def test_a_stream_that_cannot_subscribe_is_refused_with_503_and_leaves_nothing_behind(
+    iso: Isolated, stack: Settings, artifacts: Path
+) -> None:
+    with private_redis(stack) as redis_server:
+        settings = dataclasses.replace(iso.settings, redis_url=redis_server.url, read_deadline_seconds=2.0)
+        env = dataclasses.replace(iso, settings=settings).env()
+        session = f"nofeed-{iso.tag}"
+        async with (
+            running(env, artifacts / "logs" / f"feed-refused-{iso.tag}.log") as worker,
+            aiohttp.ClientSession() as http,
+        ):
+            await post_all(worker.url, session, ["stored before"])
+            await wait_rows(settings.postgres_dsn, "SELECT 1 FROM session_events WHERE session_id = %s", (session,), 1)
+            assert redis_server.stop()
+            for headers, path in (
+                ({}, f"/v1/session/{session}/stream"),
+                ({"Accept": "text/event-stream"}, f"/v1/session/{session}/events"),
+            ):
+                upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13"}
+                sent = {
+                    **headers,
+                    **({"Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", **upgrade} if not headers else {}),
+                }
+                async with http.get(worker.url + path, headers=sent) as resp:
+                    body = await resp.json()
+                    assert resp.status == 503 and body["error"]["code"] == "feed_unavailable", (path, body)
+                    assert resp.headers["Retry-After"] == "1"
+            _, info = await get_json(worker.url, "/v1/worker")
+            assert (info["open_streams"], info["watched_sessions"]) == (0, 0), info
+            # Redis back: the same stream opens and replays the session
+            assert redis_server.up() == "started"
+            async with http.ws_connect(f"{worker.url}/v1/session/{session}/stream") as ws:
+                frames = await ws_frames(ws, 2)
+                assert frames[0].get("message") == "stored before" and frames[1]["type"] == "recovered", frames

@@ -93,6 +93,8 @@ async def serve(app: SomaApp, request: web.Request, session_id: str, after: int)
         status=200,
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
-    await response.prepare(request)
-    await SseConnection(app, request, response, session_id, after).run()
+    connection = SseConnection(app, request, response, session_id, after)
+    async with connection.subscribed():
+        await response.prepare(request)
+        await connection.run()
     return response

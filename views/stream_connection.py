@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any
 
+import redis.exceptions
+
+from app.errors import ApiError
 from views.connections import registry
 from views.session_stream import SessionStream
 
@@ -14,6 +17,13 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from app.faust_app import SomaApp
+
+
+class FeedUnavailable(ApiError):
+    """Redis did not take the stream's subscription within ``SOMA_READ_DEADLINE_SECONDS``; safe to retry."""
+
+    code = "feed_unavailable"
+    retry_after = 1
 
 
 class StreamConnection:
@@ -36,9 +46,26 @@ class StreamConnection:
     def end(self) -> None:
         self._ended.set()
 
+    @contextlib.asynccontextmanager
+    async def subscribed(self) -> AsyncIterator[None]:
+        """The session feed subscribed, before the response starts: a failure is still an HTTP answer (503).
+
+        Unsubscribed when the block ends, however it ends.
+        """
+        deadline = self.app.settings.read_deadline_seconds
+        try:
+            async with asyncio.timeout(deadline):
+                await self.stream.open()
+        except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
+            raise FeedUnavailable(f"the session feed did not answer within {deadline:g} s; retry later") from exc
+        try:
+            yield
+        finally:
+            await self.stream.close()
+
     async def run(self) -> None:
+        """Serve the (subscribed) stream until a task ends it."""
         registry.add(self)
-        await self.stream.open()
         running = [
             asyncio.create_task(coro, name=f"{self.transport} {name} {self.session_id}")
             for name, coro in self.tasks().items()
@@ -52,7 +79,6 @@ class StreamConnection:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             registry.remove(self)
-            await self.stream.close()
 
     async def shutdown(self) -> None:
         """Close for a server shutdown; a transport sends its own goodbye first."""

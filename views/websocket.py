@@ -158,8 +158,10 @@ async def serve(app: SomaApp, request: web.Request, session_id: str, after: int)
     ws = web.WebSocketResponse(
         heartbeat=settings.ws_heartbeat_seconds, max_msg_size=settings.ws_max_message_bytes, compress=False
     )
-    await ws.prepare(request)
-    await SocketConnection(app, request, ws, session_id, after).run()
+    connection = SocketConnection(app, request, ws, session_id, after)
+    async with connection.subscribed():
+        await ws.prepare(request)
+        await connection.run()
     return ws
 
 
