@@ -22,6 +22,11 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# a subscription that has carried nothing this long is PINGed (its answer is due within the health timeout)
+PING_AFTER_SECONDS = 5.0
+# a new connection must be subscribed to every watched channel within this, or it is tried again
+RESUBSCRIBE_WITHIN_SECONDS = 10.0
+
 
 class FeedItem:
     """One event of the feed as every local viewer of its session shares it: decoded once, framed once."""
@@ -65,6 +70,8 @@ class FeedHub:
         self._channels: dict[bytes, str] = {}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._heard = 0.0  # loop time of the last message (a pong included) the subscription carried
+        self._cut = False  # the watchdog cut the connection
 
     @property
     def watched(self) -> int:
@@ -109,21 +116,20 @@ class FeedHub:
         return self._pubsub
 
     async def _run(self) -> None:
+        """Deliver the subscription's messages for as long as anyone listens; reconnects, never ends on an error."""
         delays = retry.FEED_RECONNECT.delays()
         lost = False
         while self._listeners:
             try:
                 if lost:
-                    # raises while Redis is still away: the except below backs off and tries again
-                    await self._resubscribe()
+                    # raises while Redis is still away (or does not answer in time): backs off and tries again
+                    async with asyncio.timeout(RESUBSCRIBE_WITHIN_SECONDS):
+                        await self._resubscribe()
                     lost, delays = False, retry.FEED_RECONNECT.delays()
                     self._resync_all()
                 pubsub = self._ensure()
-                # listen() blocks on the socket; get_message(timeout=...) can sit out its whole timeout with
-                # messages already buffered, which showed as ~1 s delivery stalls
-                async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        self._dispatch(message["channel"], message["data"])
+                if await self._listen(pubsub):
+                    raise ConnectionError("no answer to a PING on the subscription's connection")
                 # listen() returns once the connection holds no subscription
                 if not self._listeners:
                     return
@@ -131,11 +137,63 @@ class FeedHub:
                     lost = True  # channels are wanted but not subscribed: subscribe them again
                 else:
                     await asyncio.sleep(0.01)  # a listener is being added: let its subscribe finish
-            except (redis.exceptions.RedisError, OSError, RuntimeError) as exc:
+            except Exception as exc:
                 delay = next(delays)
-                log.warning("session feed connection lost (%r); resubscribing in %.1fs", exc, delay)
+                if isinstance(exc, redis.exceptions.RedisError | OSError | RuntimeError):
+                    log.warning("session feed connection lost (%r); resubscribing in %.1fs", exc, delay)
+                else:  # a defect: the hub goes on (its viewers would get nothing live), but loudly
+                    log.exception("the session feed hub failed; resubscribing in %.1fs", delay)
                 lost = True
                 await asyncio.sleep(delay)
+
+    async def _listen(self, pubsub: aioredis.client.PubSub) -> bool:
+        """Dispatch messages until listen() ends; True if the watchdog cut a connection that went silent."""
+        self._heard = asyncio.get_running_loop().time()
+        self._cut = False
+        watchdog = asyncio.create_task(self._watch(pubsub), name="feed hub watchdog")
+        try:
+            # listen() blocks on the socket; get_message(timeout=...) can sit out its whole timeout with
+            # messages already buffered, which showed as ~1 s delivery stalls
+            async for message in pubsub.listen():
+                self._heard = asyncio.get_running_loop().time()
+                if message["type"] == "message":
+                    self._dispatch(message["channel"], message["data"])
+        except (redis.exceptions.RedisError, OSError):
+            if not self._cut:
+                raise
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+        return self._cut
+
+    async def _watch(self, pubsub: aioredis.client.PubSub) -> None:
+        """PING a subscription silent for ``PING_AFTER_SECONDS``; cut it if no answer comes within the health
+        timeout, so that a Redis that stopped answering (a half-open connection, a hung server) is noticed
+        and the hub reconnects and resynchronises instead of waiting on the socket forever."""
+        loop = asyncio.get_running_loop()
+        answer_within = self.settings.health_timeout_seconds
+        while True:
+            silent = loop.time() - self._heard
+            if silent < PING_AFTER_SECONDS:
+                await asyncio.sleep(PING_AFTER_SECONDS - silent)
+                continue
+            asked = loop.time()
+            with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                async with asyncio.timeout(answer_within):
+                    await pubsub.ping()
+            await asyncio.sleep(max(0.0, answer_within - (loop.time() - asked)))
+            if self._heard < asked:
+                log.warning(
+                    "session feed connection silent for %.0f s, no answer to a PING within %.1f s: reconnecting",
+                    loop.time() - self._heard,
+                    answer_within,
+                )
+                self._cut = True
+                connection: Any = pubsub.connection  # redis-py types it as always None
+                if connection is not None:
+                    await connection.disconnect(nowait=True)
+                return
 
     async def _resubscribe(self) -> None:
         """A new connection subscribed to every watched channel; raises if Redis does not answer."""

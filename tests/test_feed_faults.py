@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +119,34 @@ async def test_a_stream_that_cannot_subscribe_is_refused_with_503_and_leaves_not
             async with http.ws_connect(f"{worker.url}/v1/session/{session}/stream") as ws:
                 frames = await ws_frames(ws, 2)
                 assert frames[0].get("message") == "stored before" and frames[1]["type"] == "recovered", frames
+
+
+async def test_a_redis_that_stops_answering_is_noticed_and_the_feed_resumes_in_full(
+    iso: Isolated, stack: Settings, artifacts: Path
+) -> None:
+    """Redis frozen (SIGSTOP: its sockets stay open, nothing answers, as on a half-open connection): the hub's
+    PING goes unanswered, it cuts the connection and reconnects; once Redis answers again the viewer gets
+    every event, the ones stored while the hub was reconnecting included, once and in order."""
+    with private_redis(stack) as redis_server:
+        settings = dataclasses.replace(iso.settings, redis_url=redis_server.url)
+        env = dataclasses.replace(iso, settings=settings).env()
+        session = f"frozen-{iso.tag}"
+        async with (
+            running(env, artifacts / "logs" / f"feed-frozen-{iso.tag}.log") as worker,
+            aiohttp.ClientSession() as http,
+            http.ws_connect(f"{worker.url}/v1/session/{session}/stream") as ws,
+        ):
+            assert (await ws_frames(ws, 1))[0]["type"] == "recovered"
+            await post_all(worker.url, session, ["before"])
+            assert seqs_and_texts(await ws_frames(ws, 1)) == [(1, "before")]
+            pid = redis_server.ours()
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                await worker.wait_log("no answer to a PING", timeout=60)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            after = [f"after {n}" for n in range(30)]
+            await post_all(worker.url, session, after)
+            got = await ws_frames(ws, len(after), timeout=90)
+            assert seqs_and_texts(got) == [(n + 2, text) for n, text in enumerate(after)]
