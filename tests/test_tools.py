@@ -32,7 +32,15 @@ from app.settings import Settings
 
 MAX_BYTES = 1000
 SLOW_SECONDS = 5.0
-TEST_TOOLS = ("test_recorder", "test_sleeper", "test_tool_error", "test_boom", "test_own_timeout", "test_not_dict")
+TEST_TOOLS = (
+    "test_recorder",
+    "test_sleeper",
+    "test_tool_error",
+    "test_boom",
+    "test_own_timeout",
+    "test_not_dict",
+    "test_not_json",
+)
 
 
 def result_event(name: str, outcome: ToolOutcome) -> dict[str, Any]:
@@ -197,6 +205,11 @@ def test_tools() -> Iterator[list[dict[str, Any]]]:
         result: Any = ["not", "a", "dict"]
         return result  # type: ignore[no-any-return]
 
+    @tool("test_not_json")
+    async def not_json(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+        calls.append(args)
+        return {"when": asyncio.get_running_loop(), "ids": {1, 2}} if args.get("object") else {1: "int key"}
+
     try:
         yield calls
     finally:
@@ -316,6 +329,17 @@ async def test_exception_is_tool_failed(ctx: ToolContext, test_tools: list[dict[
     assert outcome.payload == {"error": {"code": "tool_failed", "message": "TimeoutError: an upstream timed out"}}
     outcome = await call("test_not_dict", {}, ctx)
     assert error_code(outcome) == "tool_failed"
+
+
+async def test_a_result_that_is_not_json_is_the_tools_failure(
+    ctx: ToolContext, test_tools: list[dict[str, Any]]
+) -> None:
+    # it could not be carried by a tool_result: the executor would fail after the tool ran, and run it again
+    for args in ({"object": True}, {}):
+        outcome = await call("test_not_json", args, ctx)
+        assert outcome.status == "error" and error_code(outcome) == "tool_failed", outcome
+        assert "not JSON" in outcome.payload["error"]["message"]
+    assert len(test_tools) == 2  # each ran once
 
 
 async def test_http_fetch_get(ctx: ToolContext, server: Server) -> None:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import aiohttp
 
+from app import events
 from app.errors import SomaError
 from app.settings import Settings
 
@@ -175,4 +176,8 @@ async def run_tool(
         return outcome("error", _error("tool_failed", _describe(exc)))
     if not isinstance(result, dict):
         return outcome("error", _error("tool_failed", f"tool {name!r} returned {type(result).__name__}, not a dict"))
+    try:
+        events.encode(result)  # what its tool_result will carry: a value that is not JSON is the tool's failure
+    except TypeError as exc:
+        return outcome("error", _error("tool_failed", f"tool {name!r} returned a value that is not JSON: {exc}"))
     return outcome("ok", result)
