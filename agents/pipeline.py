@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from agents.boundary import PERMANENT, decode, retry_transient, send_to_dead_letter
-from app import feed, retry
+from app import events, feed, retry
 from app.errors import EventInvalid
 from app.repository import BatchResult, Incoming, Source, store_batch
 from tables.sessions import mirror
@@ -211,9 +211,11 @@ async def _store(app: SomaApp, items: list[Incoming]) -> BatchResult:
     # when several agents (topics) write the same session
     async with app.resources.store_lock:
         result = await retry_transient("store batch", lambda: store_batch(pool, items))
-        await retry_transient(
-            "publish to the session feed", lambda: feed.publish(redis, app.settings, result.stored, result.encoded)
-        )
+        # events stored before (a replay) go out again first, in their seq order: a viewer has them or not,
+        # and keeps each seq once (the worker that stored them may have died before publishing them)
+        fed = result.republished + result.stored
+        encoded = [events.encode(event) for event in result.republished] + result.encoded
+        await retry_transient("publish to the session feed", lambda: feed.publish(redis, app.settings, fed, encoded))
     return result
 
 

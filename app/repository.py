@@ -23,6 +23,17 @@ ENVELOPE_CLAIMS = ("tenant", "subject", "issuer", "scope")
 # id stored by a concurrent writer meanwhile fails the insert on its unique index, which rolls all back.
 # Rows travel as one JSON document each (orjson builds it far cheaper than psycopg2 adapts arrays).
 _STORED_IDS = "SELECT event_id::text FROM session_events WHERE event_id = ANY(%s::uuid[])"
+# Of the given stored events, those at their session's head: nothing but others of them stored after them, so
+# no later publication can have made a viewer fetch them. A worker that died between its commit and its
+# publication left exactly such events unpublished; they are fed again when their records are read again.
+_UNFOLLOWED = """
+SELECT e.payload FROM session_events e
+WHERE e.event_id = ANY(%(ids)s::uuid[]) AND e.session_id <> ALL(%(fed)s::text[])
+  AND NOT EXISTS (SELECT 1 FROM session_events later
+                  WHERE later.session_id = e.session_id AND later.seq > e.seq
+                    AND later.event_id <> ALL(%(ids)s::uuid[]))
+ORDER BY e.session_id, e.seq
+"""
 # seed rules for the envelope: keep old values when the new ones are empty; merge metadata
 _BEGIN_AND_ADVANCE = """
 BEGIN;
@@ -90,6 +101,10 @@ class BatchResult:
     stored: list[dict[str, Any]] = field(default_factory=list)  # new events with their seq, in batch order
     encoded: list[bytes] = field(default_factory=list)  # the JSON of each stored event, as stored and fed
     duplicates: list[Incoming] = field(default_factory=list)  # events whose event_id was stored already
+    # duplicates stored by an earlier transaction and still at their session's head, in seq order per session,
+    # of sessions with no new event in the batch: a replay, whose first worker may have died before it
+    # published them, so they are fed again (viewers keep each seq once)
+    republished: list[dict[str, Any]] = field(default_factory=list)
     envelopes: dict[str, Envelope] = field(default_factory=dict)  # every session of the batch, after it
 
 
@@ -119,7 +134,8 @@ async def store_batch(pool: aiopg.Pool, items: list[Incoming]) -> BatchResult:
     result = BatchResult()
     async with pool.acquire() as conn, conn.cursor() as cur:
         await cur.execute(_STORED_IDS, ([item.event["event_id"] for item in items],))
-        seen = {row[0] for row in await cur.fetchall()}
+        stored_before = {row[0] for row in await cur.fetchall()}
+        seen = set(stored_before)
         changes: dict[str, _SessionChange] = {}
         new: list[tuple[Incoming, _SessionChange]] = []
         for item in items:
@@ -134,6 +150,10 @@ async def store_batch(pool: aiopg.Pool, items: list[Incoming]) -> BatchResult:
             change.last_seq += 1  # for now, the number of the session's new events
             _merge(change, event)
             new.append((item, change))
+        if stored_before:
+            # a session with new events needs none: a viewer that missed a duplicate fetches it on the gap
+            await cur.execute(_UNFOLLOWED, {"ids": sorted(stored_before), "fed": sorted(changes)})
+            result.republished = [row[0] for row in await cur.fetchall()]
         if not new:
             return result
         try:

@@ -109,3 +109,22 @@ async def test_an_event_stored_by_a_racing_writer_rolls_the_batch_back_whole(poo
     assert [d.event["event_id"] for d in retry.duplicates] == [shared["event_id"]]
     envelopes = query(dsn, "SELECT session_id, last_seq FROM session_envelopes ORDER BY session_id")
     assert envelopes == [{"session_id": "s-race-2", "last_seq": 1}, {"session_id": "s-race-x", "last_seq": 1}]
+
+
+async def test_a_replayed_event_is_fed_again_only_while_nothing_follows_it(pool: aiopg.Pool) -> None:
+    """A duplicate at its session's head may never have been published (its worker died after the commit):
+    it is handed back to be fed again. One followed by a later event, or replayed beside a new event of its
+    session, is not: a viewer that missed it fetches it on the gap that the later event shows."""
+    head = [message("s-head", "a"), message("s-head", "b")]
+    await store_batch(pool, [incoming(e) for e in head])
+    replay = await store_batch(pool, [incoming(e) for e in head])
+    assert [(e["message"], e["seq"]) for e in replay.republished] == [("a", 1), ("b", 2)]
+
+    followed = message("s-followed", "a")
+    await store_batch(pool, [incoming(followed), incoming(message("s-followed", "b"))])
+    assert (await store_batch(pool, [incoming(followed)])).republished == []
+
+    beside_new = message("s-beside", "a")
+    await store_batch(pool, [incoming(beside_new)])
+    result = await store_batch(pool, [incoming(beside_new), incoming(message("s-beside", "b"))])
+    assert result.republished == [] and [e["seq"] for e in result.stored] == [2]

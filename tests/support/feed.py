@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -45,6 +46,12 @@ class FeedListener:
         while len(self.events) < count and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert len(self.events) >= count, f"{len(self.events)} feed events within {timeout} s, expected {count}"
+
+    async def wait_for(self, seen: Callable[[list[dict[str, Any]]], bool], timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not seen(self.events) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert seen(self.events), f"not seen within {timeout} s among {len(self.events)} feed events"
 
     async def stop(self) -> None:
         if self._task is not None:
