@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, cast
 
 import pytest
+from aiohttp import web
 
 from app.faust_app import SomaApp, create_app
 from app.feed_hub import FeedItem
 from app.repository import Incoming, Source, store_batch
 from tests.support.events import message
 from tests.support.isolation import Isolated
+from views.connections import registry
 from views.session_stream import PAGE, SessionStream, SlowReader
+from views.stream_connection import StreamConnection
 
 MISSED = 2 * PAGE + 234  # more than one page of history reads
 
@@ -87,3 +92,22 @@ async def test_a_viewer_further_behind_than_a_resume_may_replay_is_closed_to_res
         pool = await app.resources.postgres()
         pool.close()
         await pool.wait_closed()
+
+
+async def test_a_stream_task_that_fails_is_logged_with_its_session(
+    app: SomaApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Failing(StreamConnection):
+        transport = "test"
+
+        def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
+            return {"sender": self._fail()}
+
+        async def _fail(self) -> None:
+            raise ValueError("a defect in the sender")
+
+    connection = Failing(app, cast(web.Request, None), "logged-1", 0)
+    with caplog.at_level(logging.ERROR, logger="views.stream_connection"):
+        await connection.run()
+    assert "logged-1" in caplog.text and "a defect in the sender" in caplog.text, caplog.text
+    assert len(registry) == 0

@@ -58,8 +58,8 @@ class SseConnection(StreamConnection):
                 await self._write(item.frame("sse", event_bytes))
         except SlowReader:
             self._abort()
-        except (ConnectionResetError, RuntimeError):
-            pass  # the client went away
+        except (ConnectionResetError, RuntimeError) as exc:  # the client went away (aiohttp: closing transport)
+            log.debug("SSE stream of session %s: the client went away (%r)", self.session_id, exc)
         except Exception:
             log.exception("SSE stream of session %s failed", self.session_id)
         self.end()

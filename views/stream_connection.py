@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from app.faust_app import SomaApp
+
+
+log = logging.getLogger(__name__)
 
 
 class FeedUnavailable(ApiError):
@@ -76,8 +80,16 @@ class StreamConnection:
         finally:
             for task in [*running, ended]:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
+            for task in running:
+                try:
                     await task
+                except asyncio.CancelledError:
+                    pass
+                except Exception:
+                    # a task's own failure ends the connection; it is never swallowed unsaid
+                    log.exception("%s stream of session %s: its %s failed", self.transport, self.session_id, task)
+            with contextlib.suppress(asyncio.CancelledError):
+                await ended
             registry.remove(self)
 
     async def shutdown(self) -> None:

@@ -106,8 +106,8 @@ class SocketConnection(StreamConnection):
                 await self._send_item(item)
         except SlowReader:
             await self.close(SLOW_READER, f"slow reader; resume with after={self.stream.last_sent}")
-        except (ConnectionResetError, RuntimeError):
-            pass  # the peer went away mid-send
+        except (ConnectionResetError, RuntimeError) as exc:  # the peer went away mid-send
+            log.debug("WebSocket stream of session %s: the peer went away (%r)", self.session_id, exc)
         except Exception:
             log.exception("stream of session %s failed", self.session_id)
             await self.close(WSCloseCode.INTERNAL_ERROR, "internal error; resume with after")
