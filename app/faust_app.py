@@ -13,13 +13,15 @@ from aiokafka.errors import KafkaError
 from faust.exceptions import NotReady
 from faust.types.web import Web
 from mode import ServiceT
+from mode.utils.objects import cached_property
+from mode.utils.queues import FlowControlEvent
 
 from app import diagnostics, retry
 from app.producer import IdempotentProducer
 from app.resources import Resources
 from app.settings import Settings
 from app.topics import Topics
-from app.transport import SomaTransport
+from app.transport import ResumeKeepingFlowControl, SomaTransport
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,10 @@ class SomaApp(faust.App):
 
     def _new_transport(self) -> SomaTransport:
         return SomaTransport(self.conf.broker_consumer, self)
+
+    @cached_property
+    def flow_control(self) -> FlowControlEvent:
+        return ResumeKeepingFlowControl(loop=self.loop)
 
     def _new_producer(self) -> IdempotentProducer:
         return IdempotentProducer(self.transport, loop=self.loop, beacon=self.beacon)
