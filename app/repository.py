@@ -15,13 +15,14 @@ from app import events
 # Claims the gateway merges into metadata; the envelope keeps them in columns of their own.
 ENVELOPE_CLAIMS = ("tenant", "subject", "issuer", "scope")
 
-# A batch costs three round trips, and each envelope row is written once. The first reads which event ids
-# are stored already. The second opens the transaction and, in one upsert, makes each session of the batch
-# exist and raises its last_seq by its number of new events: the row locks it takes serialise every writer
-# of these sessions until COMMIT (rows in session order, so two batches never deadlock), and the seqs
-# between the old and the new last_seq are the batch's. The third inserts the events and commits: an event
-# id stored by a concurrent writer meanwhile fails the insert on its unique index, which rolls all back.
-# Rows travel as one JSON document each (orjson builds it far cheaper than psycopg2 adapts arrays).
+# A batch costs three round trips (a fourth when it replays stored events), and each envelope row is written
+# once. The first reads which event ids are stored already. The second opens the transaction and, in one
+# upsert, makes each session of the batch exist and raises its last_seq by its number of new events: the
+# row locks it takes serialise every writer of these sessions until COMMIT (rows in session order, so two
+# batches never deadlock), and the seqs between the old and the new last_seq are the batch's. The third
+# inserts the events and commits: an event id stored by a concurrent writer meanwhile fails the insert on
+# its unique index, which rolls all back. Rows travel as one JSON document each (orjson builds it far
+# cheaper than psycopg2 adapts arrays).
 _STORED_IDS = "SELECT event_id::text FROM session_events WHERE event_id = ANY(%s::uuid[])"
 # Of the given stored events, those at their session's head: nothing but others of them stored after them, so
 # no later publication can have made a viewer fetch them. A worker that died between its commit and its
@@ -105,7 +106,7 @@ class BatchResult:
     # of sessions with no new event in the batch: a replay, whose first worker may have died before it
     # published them, so they are fed again (viewers keep each seq once)
     republished: list[dict[str, Any]] = field(default_factory=list)
-    envelopes: dict[str, Envelope] = field(default_factory=dict)  # every session of the batch, after it
+    envelopes: dict[str, Envelope] = field(default_factory=dict)  # every session with new events, after them
 
 
 class ConcurrentInsert(Exception):
@@ -115,14 +116,14 @@ class ConcurrentInsert(Exception):
 class _SessionChange:
     """One session's envelope change within a batch (plain slots: a batch makes hundreds)."""
 
-    __slots__ = ("changed", "claims", "last_seq", "metadata", "persona_id")
+    __slots__ = ("added", "claims", "last_seq", "metadata", "persona_id")
 
-    def __init__(self, last_seq: int) -> None:
-        self.last_seq = last_seq
+    def __init__(self) -> None:
+        self.added = 0  # the session's new events in the batch
+        self.last_seq = 0  # once the envelope is advanced: the seq given last
         self.persona_id: str | None = None
         self.claims: dict[str, str | None] = dict.fromkeys(ENVELOPE_CLAIMS)
         self.metadata: dict[str, str] = {}
-        self.changed = False
 
 
 async def store_batch(pool: aiopg.Pool, items: list[Incoming]) -> BatchResult:
@@ -146,8 +147,8 @@ async def store_batch(pool: aiopg.Pool, items: list[Incoming]) -> BatchResult:
             seen.add(event["event_id"])
             change = changes.get(event["session_id"])
             if change is None:
-                change = changes[event["session_id"]] = _SessionChange(0)
-            change.last_seq += 1  # for now, the number of the session's new events
+                change = changes[event["session_id"]] = _SessionChange()
+            change.added += 1
             _merge(change, event)
             new.append((item, change))
         if stored_before:
@@ -158,13 +159,13 @@ async def store_batch(pool: aiopg.Pool, items: list[Incoming]) -> BatchResult:
             return result
         try:
             advances = [
-                {"session_id": sid, "added": c.last_seq, "persona_id": c.persona_id, **c.claims, "metadata": c.metadata}
+                {"session_id": sid, "added": c.added, "persona_id": c.persona_id, **c.claims, "metadata": c.metadata}
                 for sid, c in changes.items()
             ]
             await cur.execute(_BEGIN_AND_ADVANCE, (orjson.dumps(advances).decode(),))
             for sid, last_seq, persona_id, metadata, updated_at in await cur.fetchall():
                 # the batch's seqs of the session are last_seq - added + 1 .. last_seq
-                changes[sid].last_seq = last_seq - changes[sid].last_seq
+                changes[sid].last_seq = last_seq - changes[sid].added
                 result.envelopes[sid] = Envelope(sid, last_seq, persona_id, metadata, updated_at.isoformat())
             rows: list[dict[str, Any]] = []
             for item, change in new:

@@ -20,23 +20,26 @@ def _backend(dsn: str) -> Any:
 
 def apply(dsn: str) -> int:
     """Apply every pending migration to ``dsn``; returns how many were applied."""
-    backend = _backend(dsn)
-    migrations = read_migrations(str(MIGRATIONS))
-    with backend.lock():
-        pending = backend.to_apply(migrations)
-        backend.apply_migrations(pending)
-    backend.connection.close()
-    return len(pending)
+    return _migrate(dsn, rollback=False)
 
 
 def rollback(dsn: str) -> int:
+    """Roll back every applied migration of ``dsn``; returns how many were rolled back."""
+    return _migrate(dsn, rollback=True)
+
+
+def _migrate(dsn: str, *, rollback: bool) -> int:
     backend = _backend(dsn)
     migrations = read_migrations(str(MIGRATIONS))
     with backend.lock():
-        applied = backend.to_rollback(migrations)
-        backend.rollback_migrations(applied)
+        if rollback:
+            chosen = backend.to_rollback(migrations)
+            backend.rollback_migrations(chosen)
+        else:
+            chosen = backend.to_apply(migrations)
+            backend.apply_migrations(chosen)
     backend.connection.close()
-    return len(applied)
+    return len(chosen)
 
 
 def main() -> int:

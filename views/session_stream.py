@@ -182,7 +182,7 @@ class SessionStream:
             page = await self._read(self.last_sent, PAGE, before)
             for event in page:
                 if replayed == limit:
-                    raise SlowReader(f"more than {limit} events behind after the feed came back")
+                    raise SlowReader(f"more than {limit} stored events behind")
                 replayed += 1
                 self.last_sent = event["seq"]
                 yield FeedItem.of(event)

@@ -67,9 +67,7 @@ class SocketConnection(StreamConnection):
             if message.type == WSMsgType.TEXT:
                 await self._on_client_message(message.data)
             elif message.type == WSMsgType.BINARY:
-                await self._send(
-                    {"type": "error", **error_body("binary_not_supported", "send JSON text frames")["error"]}
-                )
+                await self._send(_error_frame("binary_not_supported", "send JSON text frames"))
 
     async def _send(self, frame: dict[str, Any]) -> None:
         async with self._send_lock:
