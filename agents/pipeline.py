@@ -122,6 +122,7 @@ async def _process_forever(app: SomaApp, stream: StreamT[bytes], kind: Kind, bac
         await _process_until_done(app, kind, batch)
         for event in batch:
             await stream.ack(event)
+        app.storage_lag.processed((e.message.topic, e.message.partition, e.message.offset) for e in batch)
 
 
 async def _process_until_done(app: SomaApp, kind: Kind, batch: list[EventT[bytes]]) -> None:
@@ -211,6 +212,8 @@ async def _store(app: SomaApp, items: list[Incoming]) -> BatchResult:
     # when several agents (topics) write the same session
     async with app.resources.store_lock:
         result = await retry_transient("store batch", lambda: store_batch(pool, items))
+        # stored: what a 202 promised (the feed may be away; its viewers catch up from history)
+        app.storage_lag.processed((item.source.topic, item.source.partition, item.source.offset) for item in items)
         # events stored before (a replay) go out again first, in their seq order: a viewer has them or not,
         # and keeps each seq once (the worker that stored them may have died before publishing them)
         fed = result.republished + result.stored

@@ -43,6 +43,7 @@ CODES: dict[str, ErrorCode] = {
     "internal_error": ErrorCode(500, "a defect; the server logged it"),
     "enqueue_failed": ErrorCode(503, "the broker did not accept the message in time; retry"),
     "overloaded": ErrorCode(503, "too many messages wait for the broker; retry after Retry-After"),
+    "storage_behind": ErrorCode(503, "storage is over SOMA_MAX_STORAGE_LAG_SECONDS behind; retry after Retry-After"),
     "idempotency_unavailable": ErrorCode(503, "idempotency records (Redis) are unavailable; retry"),
     "storage_unavailable": ErrorCode(503, "PostgreSQL did not answer within SOMA_READ_DEADLINE_SECONDS; retry"),
     "too_many_connections": ErrorCode(503, "every connection slot is busy; retry after Retry-After"),

@@ -20,6 +20,7 @@ from app import diagnostics, retry
 from app.producer import IdempotentProducer
 from app.resources import Resources
 from app.settings import Settings
+from app.storage_lag import StorageLag
 from app.topics import Topics
 from app.transport import ResumeKeepingFlowControl, SomaTransport
 
@@ -60,10 +61,11 @@ class SomaApp(faust.App):
         super().__init__(settings.app_id, **options)
         self.settings = settings
         self.resources = Resources(settings)
+        self.storage_lag = StorageLag(settings, self.resources.redis)
         self.session_topics = Topics(self)
 
     def on_init_dependencies(self) -> Iterable[ServiceT]:
-        return [*super().on_init_dependencies(), self.resources]
+        return [*super().on_init_dependencies(), self.resources, self.storage_lag]
 
     def _on_autodiscovery_error(self, name: str) -> None:
         # faust only logs a module that fails to import, leaving a worker without that agent or view;

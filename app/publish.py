@@ -47,15 +47,20 @@ async def publish(app: SomaApp, topic: str, event: dict[str, Any], schema: str) 
 
     Past capacity (the broker slow or away, or more requests than it acks) the worker sheds load early:
     a request beyond ``SOMA_MAX_INFLIGHT_PUBLISHES`` waiting ones is answered 503 ``overloaded`` with
-    Retry-After at once, so memory and answer times stay bounded; nothing it refuses was accepted.
+    Retry-After at once, so memory and answer times stay bounded; nothing it refuses was accepted. So is
+    a request while storage is more than ``SOMA_MAX_STORAGE_LAG_SECONDS`` behind (503 ``storage_behind``,
+    app/storage_lag.py): the backlog of accepted events stays bounded by time.
     """
+    app.storage_lag.check()
     resources = app.resources
     limit = app.settings.max_inflight_publishes
     if resources.publishes_in_flight >= limit:
         raise Overloaded(f"{limit} messages are waiting for the broker already; retry shortly")
     resources.publishes_in_flight += 1
     try:
-        return await send_event(app, topic, event, schema)
+        sent = await send_event(app, topic, event, schema)
+        app.storage_lag.accepted(sent.topic, sent.partition, sent.offset)
+        return sent
     except (TimeoutError, KafkaError) as exc:
         raise UpstreamUnavailable(f"Unable to enqueue message: {type(exc).__name__}") from exc
     finally:

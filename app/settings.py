@@ -52,6 +52,9 @@ class Settings:
     kafka_publish_timeout_seconds: float = 10.0
     # client messages waiting for the broker's ack at once; beyond it a POST is 503 overloaded (Retry-After)
     max_inflight_publishes: int = 2_000
+    # a client message is refused (503 storage_behind) while storage is further behind intake than this;
+    # 0: never refused for it
+    max_storage_lag_seconds: float = 5.0
     # a client's read (session, events, stream opening) waits this long for PostgreSQL, then answers 503
     read_deadline_seconds: float = 5.0
     # a worker that dies keeps its partitions until the broker stops hearing from it for this long
@@ -139,6 +142,8 @@ class Settings:
             raise SettingsError("SOMA_HTTP_MAX_CONNECTIONS must be >= 16")
         if self.max_inflight_publishes < 1:
             raise SettingsError("SOMA_MAX_INFLIGHT_PUBLISHES must be >= 1")
+        if self.max_storage_lag_seconds < 0:
+            raise SettingsError("SOMA_MAX_STORAGE_LAG_SECONDS must be >= 0 (0: off)")
         if self.batch_max < 1 or self.batch_within_seconds < 0:
             raise SettingsError("SOMA_BATCH_MAX must be >= 1 and SOMA_BATCH_WITHIN_SECONDS >= 0")
         if self.max_event_bytes < 1024 or self.tool_timeout_seconds <= 0 or self.http_fetch_max_bytes < 1:

@@ -28,6 +28,12 @@ class WorkerInfo(ApiView):
                 "open_streams": len(registry),
                 "watched_sessions": app.resources.feed_hub().watched,
                 "publishes_in_flight": app.resources.publishes_in_flight,
+                # seconds: this worker's storage lag, the highest another worker reported, messages refused for it
+                "storage_lag": {
+                    "local_s": round(app.storage_lag.local(), 3),
+                    "others_s": round(app.storage_lag.others, 3),
+                    "refused": app.storage_lag.refused,
+                },
                 # HTTP connections: open now, the limit, refused and idle ones closed to make room since start
                 "connections": app.web.connection_counts() if isinstance(app.web, GuardedWeb) else None,
             }
