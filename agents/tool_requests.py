@@ -3,7 +3,9 @@
 Each request is stored as its session's next seq, then its tool runs (per-tool timeout, policy hook first)
 and a ``tool_result`` is published to ``tool.results`` before the request is acknowledged. The result's
 event_id is derived from the request's, so a request replayed after a crash yields the same result event,
-which the store keeps once. Poison requests go to ``tool.requests.dlq``.
+which the store keeps once. A tool runs at most once per request: the request is marked started in the
+``tool_runs`` table (tables/tool_runs.py) before its tool runs, and a replayed request that is marked but has
+no stored result is answered ``interrupted``. Poison requests go to ``tool.requests.dlq``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from app import app, events
 from app.publish import send_event
 from app.repository import BatchResult, Incoming, stored_ids
 from app.topics import TOOL_REQUESTS, TOOL_RESULTS
+from tables.tool_runs import mark_started, started
 
 # results are named by uuid5(request event_id) in this namespace
 RESULT_NAMESPACE = uuid.UUID("6f1d1c52-0d0e-4a6e-9f3e-5b8e2c1a7d40")
@@ -56,6 +59,18 @@ def result_event(request: dict[str, Any], outcome: ToolOutcome, max_bytes: int) 
     return event
 
 
+INTERRUPTED = ToolOutcome(
+    status="error",
+    payload={
+        "error": {
+            "code": "interrupted",
+            "message": "the worker running this tool stopped before its result was stored; a tool is never run twice",
+        }
+    },
+    execution_time=0.0,
+)
+
+
 async def execute(request: dict[str, Any]) -> None:
     ctx = ToolContext(settings=app.settings, http=app.resources.http())
     outcome = await run_tool(
@@ -66,18 +81,39 @@ async def execute(request: dict[str, Any]) -> None:
         session_id=request["session_id"],
         metadata=request.get("metadata") or {},
     )
-    answer = result_event(request, outcome, app.settings.max_event_bytes)
+    await answer(request, outcome)
+
+
+async def answer(request: dict[str, Any], outcome: ToolOutcome) -> None:
+    event = result_event(request, outcome, app.settings.max_event_bytes)
     # the tool ran once; only the publish is retried
-    await retry_transient("publish tool result", lambda: send_event(app, TOOL_RESULTS, answer, "tool_result"))
+    await retry_transient("publish tool result", lambda: send_event(app, TOOL_RESULTS, event, "tool_result"))
 
 
 async def run_requests(_: Any, result: BatchResult, items: list[Incoming]) -> None:
-    """Run every request of the batch that has no stored result yet (new ones, and replays after a crash)."""
-    requests = {item.event["event_id"]: item.event for item in items}
+    """Run the tool of every request of the batch that has no stored result and was never started.
+
+    A request started before (its worker died, or its batch failed, before the result was stored) is
+    answered ``interrupted``. Every call of the batch finishes, or is answered, before a failure of one
+    is raised: the batch is then retried one request at a time, and none of its tools runs again.
+    """
+    requests = {item.event["event_id"]: item for item in items}
     pool = await app.resources.postgres()
     answered = await retry_transient("read stored results", lambda: stored_ids(pool, [result_id(e) for e in requests]))
-    pending = [request for eid, request in requests.items() if result_id(eid) not in answered]
-    await asyncio.gather(*(execute(request) for request in pending))
+    unanswered = [(eid, item) for eid, item in requests.items() if result_id(eid) not in answered]
+    marked = {eid for eid, item in unanswered if started(eid, item.origin)}
+    interrupted = [item.event for eid, item in unanswered if eid in marked]
+    new = [(eid, item) for eid, item in unanswered if eid not in marked]
+    if new:
+        await retry_transient("mark tool runs started", lambda: mark_started([(eid, item.origin) for eid, item in new]))
+    outcomes = await asyncio.gather(
+        *(answer(request, INTERRUPTED) for request in interrupted),
+        *(execute(item.event) for _, item in new),
+        return_exceptions=True,
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 KIND = Kind(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +55,8 @@ ON CONFLICT (session_id) DO UPDATE SET
     scope      = COALESCE(EXCLUDED.scope, e.scope),
     metadata   = e.metadata || EXCLUDED.metadata,
     updated_at = now()
-RETURNING e.session_id, e.last_seq, e.persona_id, e.metadata, e.updated_at
+RETURNING e.session_id, e.persona_id, e.tenant, e.subject, e.issuer, e.scope, e.metadata, e.analysis, e.last_seq,
+          e.created_at, e.updated_at
 """
 _INSERT_AND_COMMIT = """
 INSERT INTO session_events (event_id, session_id, seq, type, role, payload, occurred_at,
@@ -90,11 +92,22 @@ class Incoming:
 
 @dataclass(frozen=True)
 class Envelope:
+    """A session's envelope after a batch: the row ``GET /v1/session/{id}`` answers (``as_json``)."""
+
     session_id: str
-    last_seq: int
     persona_id: str | None
+    tenant: str | None
+    subject: str | None
+    issuer: str | None
+    scope: str | None
     metadata: dict[str, str]
+    analysis: dict[str, Any]
+    last_seq: int
+    created_at: str
     updated_at: str
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -163,10 +176,15 @@ async def store_batch(pool: aiopg.Pool, items: list[Incoming]) -> BatchResult:
                 for sid, c in changes.items()
             ]
             await cur.execute(_BEGIN_AND_ADVANCE, (orjson.dumps(advances).decode(),))
-            for sid, last_seq, persona_id, metadata, updated_at in await cur.fetchall():
+            for row in await cur.fetchall():
+                sid, persona_id, tenant, subject, issuer, scope, metadata, analysis, last_seq, created, updated = row
+                found = Envelope(
+                    sid, persona_id, tenant, subject, issuer, scope, metadata, analysis, last_seq,
+                    created.isoformat(), updated.isoformat(),
+                )  # fmt: skip
                 # the batch's seqs of the session are last_seq - added + 1 .. last_seq
-                changes[sid].last_seq = last_seq - changes[sid].added
-                result.envelopes[sid] = Envelope(sid, last_seq, persona_id, metadata, updated_at.isoformat())
+                changes[found.session_id].last_seq = found.last_seq - changes[found.session_id].added
+                result.envelopes[found.session_id] = found
             rows: list[dict[str, Any]] = []
             for item, change in new:
                 event = item.event

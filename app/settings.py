@@ -68,6 +68,9 @@ class Settings:
     # <prefix>session:<session_id>:feed)
     redis_prefix: str = "soma:"
     session_cache_ttl_seconds: int = 900
+    # a tool request's "started" mark (tables/tool_runs.py) is kept this long: a replay within it never runs
+    # the tool again
+    tool_run_ttl_seconds: int = 86_400
     # faust tables: their store ("redis://" = SOMA_REDIS_URL, or "memory://"), and how often the Redis store
     # writes the changes of each partition behind
     table_store: str = "redis://"
@@ -142,6 +145,8 @@ class Settings:
             raise SettingsError("SOMA_HTTP_MAX_CONNECTIONS must be >= 16")
         if self.max_inflight_publishes < 1:
             raise SettingsError("SOMA_MAX_INFLIGHT_PUBLISHES must be >= 1")
+        if self.tool_run_ttl_seconds < 60:
+            raise SettingsError("SOMA_TOOL_RUN_TTL_SECONDS must be >= 60")
         if self.max_storage_lag_seconds < 0:
             raise SettingsError("SOMA_MAX_STORAGE_LAG_SECONDS must be >= 0 (0: off)")
         if self.batch_max < 1 or self.batch_within_seconds < 0:

@@ -165,6 +165,17 @@ class RedisPartitions:
 
     # -- reading -------------------------------------------------------------------------------------------
 
+    async def read(self, partition: int, key: bytes) -> bytes | None:
+        """One key's value as Redis holds it (written behind: as of the last flush), None if absent or expired."""
+        keys = self.keys.partition(partition)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hget(keys.data, key)
+            pipe.zscore(keys.expires, key)
+            value, deadline_ms = await pipe.execute()
+        if value is None or (self.ttl_ms and deadline_ms is not None and deadline_ms <= time.time() * 1000):
+            return None
+        return bytes(value)
+
     async def load(self, partition: int) -> Loaded:
         """A consistent copy of ``partition``: read whole between two identical reads of its offset and size.
 

@@ -267,6 +267,10 @@ class RedisStore(SerializedStore[Any, Any]):
         removed = wipe_blocking(self.config.redis_url, self.layout, socket_timeout=10.0, socket_connect_timeout=3.0)
         log.info("table %s: removed %d Redis keys", self.table_name, removed)
 
+    async def read_behind(self, partition: int, key: bytes) -> bytes | None:
+        """A key of any partition, from Redis (not this worker's memory): what any replica can read."""
+        return await self.redis.read(partition, key)
+
     async def wipe(self) -> int:
         """:meth:`reset_state` without blocking the event loop."""
         self._parts.clear()

@@ -1,8 +1,11 @@
 """Per-session tables, key session_id, in the app's table store (``SOMA_TABLE_STORE``, Redis by default).
 
-``session_state``: head seq (the session's event count), last activity, persona and metadata.
-``session_meta``: the session metadata cache (persona, metadata), forgotten ``SOMA_SESSION_CACHE_TTL_SECONDS``
-after its last write (the seed's ``session:{session_id}:meta`` with its 900 s TTL).
+``session_state``: the session's envelope as PostgreSQL returned it after its last stored batch (head seq =
+the session's event count, persona, tenant, metadata, ...). Its reader: ``GET /v1/session/{id}`` on any replica
+answers from it (read from Redis) while PostgreSQL does not answer, marked ``stale``.
+``session_meta``: the session metadata cache (persona, metadata).
+Both forget a session ``SOMA_SESSION_CACHE_TTL_SECONDS`` after its last write (the seed's
+``session:{session_id}:meta`` with its 900 s TTL), so their size is bounded by the sessions recently active.
 
 Both hold copies of committed state (the envelope rows Postgres returned after a batch), never a counter that
 a replay could bump twice. Every table write is a changelog record that faust's producer buffer sends one at a
@@ -18,17 +21,17 @@ bound of the stored head, never above it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-import weakref
-from collections.abc import Iterator, Set
+from collections.abc import Set
 from typing import TYPE_CHECKING, Any
 
 import faust
-from faust.streams import _current_event
+from aiokafka.partitioner import DefaultPartitioner
 
 from app import app
+from tables.partitioning import in_partition_of
+from tables.redis_store import RedisStore
 
 if TYPE_CHECKING:
     from faust.types import EventT
@@ -42,7 +45,8 @@ session_state = app.Table(
     default=None,
     partitions=app.settings.topic_partitions,
     schema=SCHEMA,
-    help="head seq, last activity, persona and metadata of each session, mirrored from Postgres",
+    options={"ttl": app.settings.session_cache_ttl_seconds},
+    help="the envelope of each recently active session (head seq, persona, metadata...), mirrored from Postgres",
 )
 
 session_meta = app.Table(
@@ -57,13 +61,32 @@ session_meta = app.Table(
 
 
 def state_of(envelope: Any) -> dict[str, Any]:
-    """The ``session_state`` value of one :class:`app.repository.Envelope`."""
-    return {
-        "last_seq": envelope.last_seq,
-        "last_activity": envelope.updated_at,
-        "persona_id": envelope.persona_id,
-        "metadata": envelope.metadata,
-    }
+    """The ``session_state`` value of one :class:`app.repository.Envelope`: the envelope as the API answers it."""
+    value: dict[str, Any] = envelope.as_json()
+    return value
+
+
+_PARTITIONER = DefaultPartitioner()
+
+
+async def stored_state(session_id: str) -> dict[str, Any] | None:
+    """The session's ``session_state`` as Redis holds it, on any replica; None if absent or not in Redis.
+
+    As of the session's last write-out before its last flush: at most ``SOMA_TABLE_MIRROR_INTERVAL_SECONDS`` +
+    ``SOMA_TABLE_FLUSH_INTERVAL_SECONDS`` behind what its worker stored, and after a crash as of the last flush
+    before it (``last_seq`` a lower bound of the stored head, never above it).
+    """
+    store = session_state.data
+    if not isinstance(store, RedisStore):
+        return None  # memory:// tables live in their worker only
+    partitions = list(range(app.settings.topic_partitions))
+    # the session's records, and so its changelog records, are in the partition its key hashes to
+    partition = _PARTITIONER(session_id.encode(), partitions, partitions)
+    raw = await store.read_behind(partition, store._encode_key(session_id))
+    if raw is None:
+        return None
+    value: dict[str, Any] = store._decode_value(raw)
+    return value
 
 
 def meta_of(envelope: Any) -> dict[str, Any]:
@@ -80,17 +103,6 @@ def meta_changed(current: Any, envelope: Any, now: float) -> bool:
     ):
         return True
     return bool(now - current.get("cached_at", 0) > app.settings.session_cache_ttl_seconds / 2)
-
-
-@contextlib.contextmanager
-def _in_partition_of(event: EventT[Any]) -> Iterator[None]:
-    # faust picks a table key's changelog partition from the current event; the write-out runs beside the
-    # stream, so it names the event whose partition (= the session's partition) the change belongs to
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 class SessionMirror:
@@ -111,7 +123,7 @@ class SessionMirror:
         now = time.time()
         writes = 0
         for session_id, (envelope, event) in dirty.items():
-            with _in_partition_of(event):
+            with in_partition_of(event):
                 session_state[session_id] = state_of(envelope)
                 writes += 1
                 if meta_changed(session_meta.get(session_id), envelope, now):

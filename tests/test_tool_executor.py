@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,25 +22,46 @@ from tests.support.worker import Worker, running
 RESULTS = "SELECT * FROM session_events WHERE type = 'tool.result' ORDER BY id"
 
 
-@pytest.fixture
-async def http_server() -> AsyncIterator[str]:
-    """A real HTTP server on loopback for ``http_fetch``: a page and an endpoint slower than the tool may wait."""
+class LoopbackServer:
+    """A real HTTP server on loopback for ``http_fetch``: a page, an endpoint slower than the tool may wait, and
+    one that counts its calls and answers none of them until released."""
 
-    async def page(_: web.Request) -> web.Response:
+    def __init__(self) -> None:
+        self.url = ""
+        self.held_calls = 0
+        self.release = asyncio.Event()
+
+    async def page(self, _: web.Request) -> web.Response:
         return web.Response(text="hello from the test server", content_type="text/plain")
 
-    async def slow(_: web.Request) -> web.Response:
+    async def slow(self, _: web.Request) -> web.Response:
         await asyncio.sleep(3)
         return web.Response(text="too late")
 
+    async def held(self, _: web.Request) -> web.Response:
+        self.held_calls += 1
+        await self.release.wait()
+        return web.Response(text="released")
+
+
+@pytest.fixture
+async def loopback() -> AsyncIterator[LoopbackServer]:
+    server = LoopbackServer()
     app = web.Application()
-    app.add_routes([web.get("/page", page), web.get("/slow", slow)])
+    app.add_routes([web.get("/page", server.page), web.get("/slow", server.slow), web.get("/held", server.held)])
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
+    server.url = f"http://127.0.0.1:{port}"
+    yield server
+    server.release.set()
     await runner.cleanup()
+
+
+@pytest.fixture
+def http_server(loopback: LoopbackServer) -> str:
+    return loopback.url
 
 
 @pytest.fixture
@@ -109,3 +131,34 @@ async def test_a_replayed_request_does_not_run_its_tool_again(iso: Isolated, wor
     assert [row["payload"]["request_id"] for row in rows] == [request["event_id"], sentinel["event_id"]]
     on_topic = await read_topic(settings.kafka_bootstrap, iso.topic("tool.results"), expect=2)
     assert len(on_topic) == 2, "the replayed request published no second result"
+
+
+async def test_a_tool_interrupted_by_a_crash_is_answered_interrupted_and_never_run_twice(
+    iso: Isolated, loopback: LoopbackServer, artifacts: Path
+) -> None:
+    settings = iso.settings
+    env = iso.env(SOMA_HTTP_FETCH_ALLOWLIST="127.0.0.1", SOMA_TOOL_TIMEOUTS="http_fetch=120")
+    topic = iso.topic("tool.requests")
+    await create_topic(settings.kafka_bootstrap, topic, settings.topic_partitions)
+    request = tool_request("tools-3", "http_fetch", {"url": f"{loopback.url}/held"})
+    first = Worker(env, artifacts / "logs" / f"tools-crash-{iso.tag}.log").start()
+    try:
+        await first.wait_http()
+        await produce(settings.kafka_bootstrap, topic, [record(request, "tool_request")])
+        deadline = time.monotonic() + 60
+        while loopback.held_calls == 0:  # the tool is running: its request was stored and marked started
+            assert time.monotonic() < deadline, first.log()
+            await asyncio.sleep(0.05)
+    finally:
+        first.kill()  # SIGKILL: the request is neither answered nor acknowledged
+    async with running(env, artifacts / "logs" / f"tools-crash-restart-{iso.tag}.log") as second:
+        rows = await wait_rows(settings.postgres_dsn, RESULTS, (), 1, timeout=90)
+        result = rows[0]["payload"]
+        assert result["request_id"] == request["event_id"], second.log()
+        assert (result["status"], result["payload"]["error"]["code"]) == ("error", "interrupted"), result
+        assert loopback.held_calls == 1, "the restarted worker ran the tool again"
+        # one request, one result in the session; the request was stored once
+        types = query(
+            settings.postgres_dsn, "SELECT type FROM session_events WHERE session_id = 'tools-3' ORDER BY seq"
+        )
+        assert [row["type"] for row in types] == ["tool.request", "tool.result"]

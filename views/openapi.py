@@ -258,6 +258,11 @@ def _document() -> dict[str, Any]:
                         "last_seq": {"type": "integer", "minimum": 0},
                         "created_at": {"type": "string", "format": "date-time"},
                         "updated_at": {"type": "string", "format": "date-time"},
+                        "stale": {
+                            "type": "boolean",
+                            "description": "present (true) when PostgreSQL did not answer and the envelope comes "
+                            "from the session table: as of its updated_at, last_seq a lower bound of the head",
+                        },
                     },
                 },
                 "EventPage": {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, cast
 
 from aiohttp import web
@@ -9,12 +10,15 @@ from faust.web import Request, Response
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
 from app import app
-from app.errors import ApiError
+from app.errors import ApiError, StorageUnavailable
 from app.repository import envelope, events_after, head_seq
+from tables.sessions import stored_state
 from views import connections, http_errors, sse, websocket
 from views.base import ApiView, bounded_read
 from views.params import integer, resume_position
 from views.params import session_id as checked_session_id
+
+log = logging.getLogger(__name__)
 
 MAX_PAGE = 1_000
 
@@ -42,7 +46,19 @@ def wants_event_stream(request: Request) -> bool:
 @app.page("/v1/session/{session_id}")
 class SessionEnvelope(ApiView):
     async def get(self, request: Request, session_id: str) -> Response:
-        return self.json(await _envelope(checked_session_id(session_id)))
+        """The envelope from PostgreSQL; while it does not answer, the session table's copy, marked ``stale``."""
+        sid = checked_session_id(session_id)
+        try:
+            return self.json(await _envelope(sid))
+        except StorageUnavailable:
+            try:
+                copy = await stored_state(sid)
+            except Exception as exc:  # Redis away too: the answer is PostgreSQL's 503
+                log.warning("session table read of %s failed: %r", sid, exc)
+                copy = None
+            if copy is None:
+                raise
+            return self.json({**copy, "stale": True})
 
 
 @app.page("/v1/session/{session_id}/events")
