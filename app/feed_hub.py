@@ -107,8 +107,11 @@ class FeedHub:
                 name = channel(self.settings, session_id)
                 self._channels.pop(name.encode(), None)
                 if self._pubsub is not None:
-                    with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                    try:
                         await self._pubsub.unsubscribe(name)
+                    except (redis.exceptions.RedisError, OSError) as exc:
+                        # the connection is broken: the watchdog replaces it, without this channel
+                        log.info("feed of session %s: unsubscribing failed (%r)", session_id, exc)
 
     def _ensure(self) -> aioredis.client.PubSub:
         if self._pubsub is None:
@@ -200,8 +203,10 @@ class FeedHub:
         async with self._lock:
             old, self._pubsub = self._pubsub, None
             if old is not None:
-                with contextlib.suppress(Exception):
+                try:
                     await old.aclose()  # type: ignore[no-untyped-call]
+                except Exception as exc:  # the connection being replaced is broken already
+                    log.debug("feed hub: closing the replaced connection failed (%r)", exc)
             if self._channels:
                 await self._ensure().subscribe(*(name.decode() for name in self._channels))
 
@@ -228,8 +233,10 @@ class FeedHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._pubsub is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            except Exception as exc:  # shutting down: nothing more to do with it
+                log.debug("feed hub: closing its connection at shutdown failed (%r)", exc)
         await self._client.aclose()
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +12,8 @@ import orjson
 import psycopg2.errors
 
 from app import events
+
+log = logging.getLogger(__name__)
 
 # Claims the gateway merges into metadata; the envelope keeps them in columns of their own.
 ENVELOPE_CLAIMS = ("tenant", "subject", "issuer", "scope")
@@ -210,8 +212,10 @@ async def store_batch(pool: aiopg.Pool, items: list[Incoming]) -> BatchResult:
             await cur.execute(_INSERT_AND_COMMIT, (orjson.dumps(rows).decode(),))
         except BaseException as exc:
             # a broken connection cannot roll back; the pool discards it either way
-            with contextlib.suppress(Exception):
+            try:
                 await cur.execute("ROLLBACK")
+            except Exception as rollback:
+                log.debug("rollback after %r failed too (%r); the pool discards the connection", exc, rollback)
             if isinstance(exc, psycopg2.errors.UniqueViolation) and exc.diag.constraint_name == _EVENT_ID_UNIQUE:
                 raise ConcurrentInsert(
                     f"an event of the batch was stored meanwhile ({exc.diag.message_detail})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 import redis.exceptions
 
 from app.errors import ApiError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from app.faust_app import SomaApp
@@ -65,9 +68,9 @@ async def once(
     record = {"fingerprint": print_, "status": status, "body": body}
     try:
         await client.set(name, json.dumps(record), ex=ttl)
-    except redis.exceptions.RedisError:
+    except redis.exceptions.RedisError as exc:
         # the message is enqueued; a retry would carry the same (key-derived) event id and be stored once
-        pass
+        log.warning("idempotency record %s not written (%r): a retry is deduplicated by its event id", name, exc)
     return status, body
 
 
@@ -82,5 +85,6 @@ def _replay(record: dict[str, Any], print_: str) -> tuple[int, dict[str, Any]]:
 async def _forget(client: Any, name: str) -> None:
     try:
         await client.delete(name)
-    except redis.exceptions.RedisError:
-        pass
+    except redis.exceptions.RedisError as exc:
+        # its pending mark expires with SOMA_IDEMPOTENCY_TTL_SECONDS; until then a retry gets 409 in progress
+        log.warning("idempotency record %s not removed after a failed request (%r)", name, exc)

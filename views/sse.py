@@ -70,7 +70,10 @@ class SseConnection(StreamConnection):
             # a comment line: ignored by EventSource, keeps proxies from closing an idle stream
             try:
                 await self._write(b": ping\n\n")
-            except (ConnectionResetError, RuntimeError):
+            except (ConnectionResetError, RuntimeError) as exc:  # the client went away
+                log.debug(
+                    "SSE stream of session %s: heartbeat not sent, the client went away (%r)", self.session_id, exc
+                )
                 self.end()
                 return
 

@@ -138,9 +138,12 @@ class SocketConnection(StreamConnection):
         try:
             async with asyncio.timeout(CLOSE_SECONDS):
                 await self.ws.close(code=code, message=reason.encode()[:120])
-        except (TimeoutError, ConnectionResetError, RuntimeError):
+        except (TimeoutError, ConnectionResetError, RuntimeError) as exc:
             # the close frame is queued behind what the peer has not read yet; it gets both if it reads
             # within the grace period, after which the connection (and its buffer) is dropped
+            log.debug(
+                "stream of session %s: close %d not taken by the peer (%r); dropped later", self.session_id, code, exc
+            )
             transport = self.request.transport
             if transport is not None:
                 asyncio.get_running_loop().call_later(ABORT_GRACE_SECONDS, transport.abort)
