@@ -16,7 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from app import events, retry
+from app import events, redis_client, retry
 from app.feed import channel
 from app.settings import Settings
 
@@ -62,9 +62,7 @@ class FeedListener:
 class FeedHub:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._client = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=settings.health_timeout_seconds
-        )
+        self._client = redis_client.connect(settings.redis_url, socket_connect_timeout=settings.health_timeout_seconds)
         self._pubsub: aioredis.client.PubSub | None = None
         self._listeners: dict[str, set[FeedListener]] = {}
         self._channels: dict[bytes, str] = {}

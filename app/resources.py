@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaClient
 from mode import Service
 
+from app import redis_client
 from app.feed_hub import FeedHub
 from app.settings import Settings
 
@@ -25,7 +26,7 @@ class Resources(Service):
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+        self.redis: aioredis.Redis = redis_client.connect(
             settings.redis_url,
             # /health bounds its own ping by SOMA_HEALTH_TIMEOUT_SECONDS
             socket_timeout=settings.redis_timeout_seconds,

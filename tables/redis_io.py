@@ -9,9 +9,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import redis
 import redis.asyncio as aioredis
 
+from app import redis_client
 from tables.partition_state import Change, PartitionState
 from tables.redis_keys import PartitionKeys, TableKeys
 from tables.redis_scripts import DELTA, REWRITE
@@ -241,7 +241,7 @@ class RedisPartitions:
 
 def wipe_blocking(url: str, keys: TableKeys, **options: Any) -> int:
     """:meth:`RedisPartitions.wipe` for faust's synchronous ``reset_state`` (a CLI command, not a hot path)."""
-    client = redis.Redis.from_url(url, **options)
+    client = redis_client.connect_sync(url, **options)
     try:
         removed = 0
         batch: list[bytes] = []

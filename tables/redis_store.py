@@ -18,7 +18,7 @@ from faust.types import TP, AppT, CollectionT, EventT
 from faust.types.tuples import FutureMessage, RecordMetadata
 from yarl import URL
 
-from app import retry
+from app import redis_client, retry
 from tables.partition_state import PartitionState
 from tables.redis_config import StoreConfig
 from tables.redis_io import RedisPartitions, wipe_blocking
@@ -47,7 +47,7 @@ class RedisStore(SerializedStore[Any, Any]):
             raise ImproperlyConfigured("the redis:// store does not support processing_guarantee='exactly_once'")
         self.config = StoreConfig.resolve(self.url, app, self.options)
         self.layout = TableKeys(self.config.prefix, app.conf.id, self.table_name)
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
+        self.client: aioredis.Redis = redis_client.connect(
             self.config.redis_url, socket_timeout=10.0, socket_connect_timeout=3.0
         )
         self.redis = RedisPartitions(

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from blockbuster import BlockBuster, blockbuster_ctx
 
 from app.settings import Settings
 from deploy.localstack.__main__ import components
@@ -61,3 +62,19 @@ def iso_module(stack: Settings, template_db: str, tmp_path_factory: pytest.TempP
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(autouse=True)
+def blockbuster() -> Iterator[BlockBuster]:
+    """Any test during which its event loop was blocked by a synchronous call fails (aiohttp's suite does the
+    same): a blocking helper of a test goes through a thread (``asyncio.to_thread``)."""
+    with blockbuster_ctx() as detector:
+        # libraries' own one-time looks: playwright's for its bundled driver (a browser test's start); mode's
+        # registries (faust's stores and codecs) reading the installed entry points once per process
+        detector.functions["os.stat"].can_block_in("playwright/_impl/_driver.py", "compute_driver_executable")
+        for function in ("os.stat", "os.listdir", "io.TextIOWrapper.read", "io.BufferedReader.read"):
+            detector.functions[function].can_block_in("mode/utils/imports.py", "load_extension_class_names")
+        # a worker's log read to explain a failure: the test has failed already
+        for function in ("io.TextIOWrapper.read", "io.BufferedReader.read", "os.stat"):
+            detector.functions[function].can_block_in("tests/support/worker.py", "log")
+        yield detector

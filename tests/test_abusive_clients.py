@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 
 from app.diagnostics import RepeatLimiter
+from tests.support.blocking import off_loop
 from tests.support.client import get_json
 from tests.support.isolation import Isolated
 from tests.support.worker import Worker, running
@@ -192,7 +193,7 @@ async def test_idle_connections_beyond_the_limit_never_starve_health_or_posts(wo
     may be younger than the 0.25 s that makes one evictable: a newcomer is then told 503 too_many_connections
     with Retry-After, and its retry is served.
     """
-    with idle_connections(worker, 200):
+    async with off_loop(idle_connections(worker, 200)):
         status, _ = await served(worker, "GET", "/health")
         assert status == 200
         status, answer = await served(
@@ -213,7 +214,7 @@ async def test_idle_connections_beyond_the_limit_never_starve_health_or_posts(wo
         assert counts["refused"] + counts["evicted"] >= 1, counts
         # the 200 sockets do not each hold a descriptor of the worker (refused ones only for their last second)
         deadline = time.monotonic() + 30
-        while len(os.listdir(f"/proc/{worker.pid}/fd")) >= 200:
+        while len(await asyncio.to_thread(os.listdir, f"/proc/{worker.pid}/fd")) >= 200:
             assert time.monotonic() < deadline, "the worker holds a descriptor for each idle socket"
             await asyncio.sleep(0.2)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -195,6 +196,6 @@ async def test_console_over_both_transports(browser: Browser, worker: Worker, is
     await console.type_message("what the screenshot shows")
     await console.click("Send")
     await expect(console.row(12)).to_be_visible()
-    (artifacts / "screenshots").mkdir(exist_ok=True)
+    await asyncio.to_thread((artifacts / "screenshots").mkdir, exist_ok=True)
     await page.screenshot(path=artifacts / "screenshots" / "console.png", full_page=True)
     assert problems == []

@@ -23,12 +23,12 @@ NUL_REFUSED = "psycopg2.errors.UntranslatableCharacter"
 
 @pytest.fixture
 async def worker(iso: Isolated, artifacts: Path) -> AsyncIterator[Worker]:
-    worker = Worker(
+    worker = await Worker(
         iso.env(SOMA_MAX_EVENT_BYTES=str(MAX_EVENT_BYTES)), artifacts / "logs" / f"dlq-{iso.tag}.log"
-    ).start()
+    ).started()
     await worker.wait_http()
     yield worker
-    worker.stop()
+    await worker.stopped()
 
 
 async def test_poison_is_dead_lettered_with_its_reason_and_valid_events_are_stored(

@@ -30,14 +30,14 @@ async def start_worker(iso: Isolated, artifacts: Path) -> AsyncIterator[StartWor
     workers: list[Worker] = []
 
     async def start(**env: str) -> Worker:
-        worker = Worker(iso.env(**env), artifacts / "logs" / f"core-{iso.tag}-{len(workers)}.log").start()
+        worker = await Worker(iso.env(**env), artifacts / "logs" / f"core-{iso.tag}-{len(workers)}.log").started()
         workers.append(worker)
         await worker.wait_http()
         return worker
 
     yield start
     for worker in workers:
-        worker.stop()
+        await worker.stopped()
 
 
 @pytest.fixture
@@ -162,7 +162,7 @@ async def test_sequence_numbers_survive_a_restart(iso: Isolated, start_worker: S
     before = [message("restart-1", f"m{n}") for n in range(3)]
     await produce(settings.kafka_bootstrap, topic, [record(e) for e in before])
     await wait_rows(settings.postgres_dsn, ALL_ROWS, (), 3)
-    assert worker.stop() == 0
+    assert await worker.stopped() == 0
     await start_worker()
     after = [message("restart-1", f"n{n}") for n in range(3)]
     await produce(settings.kafka_bootstrap, topic, [record(e) for e in after])

@@ -18,6 +18,7 @@ import pytest
 from app.settings import Settings
 from deploy.localstack.base import free_port, port_open
 from deploy.localstack.kafka_broker import KafkaBroker
+from tests.support.blocking import off_loop
 from tests.support.client import get_json
 from tests.support.db import query, wait_rows
 from tests.support.events import check_sequenced, message, record
@@ -53,10 +54,10 @@ async def worker_log(artifacts: Path, iso: Isolated) -> Path:
 async def test_postgres_stopped_for_20_s_mid_stream_loses_nothing(
     iso: Isolated, stack: Settings, worker_log: Path
 ) -> None:
-    with private_postgres(stack) as postgres:
-        migrate.apply(postgres.dsn)
+    async with off_loop(private_postgres(stack)) as postgres:
+        await asyncio.to_thread(migrate.apply, postgres.dsn)
         settings = dataclasses.replace(iso.settings, postgres_dsn=postgres.dsn)
-        worker = Worker(dataclasses.replace(iso, settings=settings).env(), worker_log).start()
+        worker = await Worker(dataclasses.replace(iso, settings=settings).env(), worker_log).started()
         try:
             await worker.wait_http()
             topic = iso.topic("conversation.inbound")
@@ -65,16 +66,16 @@ async def test_postgres_stopped_for_20_s_mid_stream_loses_nothing(
                 produce_steadily(settings.kafka_bootstrap, topic, [record(e) for e in events], 75)
             )
             await wait_rows(postgres.dsn, ALL_ROWS, (), 50)
-            assert postgres.stop()
+            assert await asyncio.to_thread(postgres.stop)
             await hold(20, worker)
-            assert postgres.up() == "started"
+            assert await asyncio.to_thread(postgres.up) == "started"
             await producing
             rows = await wait_rows(postgres.dsn, ALL_ROWS, (), len(events), timeout=120)
             check_sequenced(rows, events)
             await assert_no_dead_letters(iso)
             assert "transient failure" in worker.log(100_000)
         finally:
-            worker.stop()
+            await worker.stopped()
 
 
 @pytest.fixture
@@ -100,7 +101,7 @@ async def test_the_broker_restarted_mid_stream_loses_nothing(
         max_inflight_publishes=2,
         kafka_publish_timeout_seconds=2.0,
     )
-    worker = Worker(dataclasses.replace(iso, settings=settings).env(), worker_log).start()
+    worker = await Worker(dataclasses.replace(iso, settings=settings).env(), worker_log).started()
     try:
         await worker.wait_http()
         topic = iso.topic("conversation.inbound")
@@ -110,10 +111,10 @@ async def test_the_broker_restarted_mid_stream_loses_nothing(
             produce_steadily(private_kafka.bootstrap, topic, [record(e) for e in events], 100)
         )
         await wait_rows(settings.postgres_dsn, ALL_ROWS, (), 200)
-        assert private_kafka.stop()
+        assert await asyncio.to_thread(private_kafka.stop)
         stored_while_down = len(query(settings.postgres_dsn, ALL_ROWS))
         await sheds_load_while_the_broker_is_away(worker)
-        assert private_kafka.up() == "started"
+        assert await asyncio.to_thread(private_kafka.up) == "started"
         await producing
         # wait for the stream's own rows: the shed POSTs' rows (0 to 2) must not make up for a missing one
         await wait_rows(settings.postgres_dsn, STREAM_ROWS, (), len(events), timeout=180)
@@ -126,7 +127,7 @@ async def test_the_broker_restarted_mid_stream_loses_nothing(
         check_sequenced([r for r in rows if r["session_id"] != "shed-1"], events)
         assert worker.proc is not None and worker.proc.poll() is None
     finally:
-        worker.stop()
+        await worker.stopped()
 
 
 async def sheds_load_while_the_broker_is_away(worker: Worker) -> None:
@@ -159,30 +160,30 @@ async def test_a_worker_killed_mid_stream_and_restarted_stores_everything_once(i
     events = [message(f"kill-{n % 50}", f"m{n}") for n in range(10_000)]
     await produce(settings.kafka_bootstrap, topic, [record(e) for e in events])
     env = iso.env(SOMA_BATCH_MAX="100")
-    first = Worker(env, worker_log).start()
+    first = await Worker(env, worker_log).started()
     await first.wait_http()
     await wait_rows(settings.postgres_dsn, ALL_ROWS, (), 1_000, timeout=60)
-    first.kill()
+    await first.killed()
     stored_at_kill = query(settings.postgres_dsn, "SELECT count(*) AS n FROM session_events")[0]["n"]
     assert stored_at_kill < len(events), "the kill came after the stream ended: not mid-stream"
-    second = Worker(env, worker_log.with_name(worker_log.stem + "-restart.log"), port=free_port()).start()
+    second = await Worker(env, worker_log.with_name(worker_log.stem + "-restart.log"), port=free_port()).started()
     try:
         await second.wait_http()
         rows = await wait_rows(settings.postgres_dsn, ALL_ROWS, (), len(events), timeout=120)
         check_sequenced(rows, events)
         await assert_no_dead_letters(iso)
     finally:
-        second.stop()
+        await second.stopped()
 
 
 async def test_reads_answer_503_with_retry_after_while_postgres_is_down(
     iso: Isolated, stack: Settings, worker_log: Path
 ) -> None:
     """Session reads and stream opening wait SOMA_READ_DEADLINE_SECONDS for PostgreSQL, never forever."""
-    with private_postgres(stack) as postgres:
-        migrate.apply(postgres.dsn)
+    async with off_loop(private_postgres(stack)) as postgres:
+        await asyncio.to_thread(migrate.apply, postgres.dsn)
         settings = dataclasses.replace(iso.settings, postgres_dsn=postgres.dsn, read_deadline_seconds=1.0)
-        worker = Worker(dataclasses.replace(iso, settings=settings).env(), worker_log).start()
+        worker = await Worker(dataclasses.replace(iso, settings=settings).env(), worker_log).started()
         session = f"reads-{iso.tag}"
         try:
             await worker.wait_http()
@@ -192,7 +193,7 @@ async def test_reads_answer_503_with_retry_after_while_postgres_is_down(
                 ) as resp:
                     assert resp.status == 202
                 await wait_rows(postgres.dsn, "SELECT 1 FROM session_events", (), 1)
-                assert postgres.stop()
+                assert await asyncio.to_thread(postgres.stop)
                 for path, headers in (
                     # a session the session table does not hold (one it holds is answered from it, marked stale:
                     # tests/test_session_table.py)
@@ -207,7 +208,7 @@ async def test_reads_answer_503_with_retry_after_while_postgres_is_down(
                 with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
                     await http.ws_connect(f"{worker.url}/v1/session/{session}/stream")
                 assert refused.value.status == 503
-                assert postgres.up() == "started"
+                assert await asyncio.to_thread(postgres.up) == "started"
                 deadline = time.monotonic() + 60
                 while True:
                     async with http.get(f"{worker.url}/v1/session/{session}") as resp:
@@ -217,4 +218,4 @@ async def test_reads_answer_503_with_retry_after_while_postgres_is_down(
                     assert time.monotonic() < deadline, "reads did not recover after PostgreSQL came back"
                     await asyncio.sleep(0.2)
         finally:
-            worker.stop()
+            await worker.stopped()

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import redis.asyncio as aioredis
 
+from app import redis_client
 from app.settings import Settings
+from tests.support.blocking import off_loop
 from tests.support.client import SseReader, get_json, post_message, ws_frames
 from tests.support.db import wait_rows
 from tests.support.isolation import Isolated
@@ -33,7 +34,7 @@ def seqs_and_texts(events: list[dict[str, Any]]) -> list[tuple[int, str]]:
 async def test_viewers_get_every_event_after_redis_is_down_20_s(
     iso: Isolated, stack: Settings, artifacts: Path
 ) -> None:
-    with private_redis(stack) as redis_server:
+    async with off_loop(private_redis(stack)) as redis_server:
         # storage waits for the feed while Redis is away, so messages posted then would be refused after
         # SOMA_MAX_STORAGE_LAG_SECONDS (tests/test_storage_lag.py); here every one of them is accepted
         settings = dataclasses.replace(iso.settings, redis_url=redis_server.url, max_storage_lag_seconds=0.0)
@@ -55,7 +56,7 @@ async def test_viewers_get_every_event_after_redis_is_down_20_s(
             await post_all(worker.url, session, before)
             # Redis answers nothing for 3 s, longer than the 2 s health timeout (as a worker's busy event loop
             # once made it seem): a POST that needs it (Idempotency-Key) waits, it is no false 503 outage
-            pauser = aioredis.Redis.from_url(redis_server.url)
+            pauser = redis_client.connect(redis_server.url)
             try:
                 assert await pauser.execute_command("CLIENT", "PAUSE", "3000", "ALL")
             finally:
@@ -67,11 +68,11 @@ async def test_viewers_get_every_event_after_redis_is_down_20_s(
             before.append("stalled")
             # Redis goes away for 20 s while events are stored (one a second), and comes back (its
             # append-only file keeps its data)
-            assert redis_server.stop()
+            assert await asyncio.to_thread(redis_server.stop)
             for text in during:
                 await post_all(worker.url, session, [text])
                 await asyncio.sleep(1.0)
-            assert redis_server.up() == "started"
+            assert await asyncio.to_thread(redis_server.up) == "started"
             await post_all(worker.url, session, after)
             expected = [(n + 1, text) for n, text in enumerate(before + during + after)]
             got_ws = await ws_frames(ws, len(expected), timeout=90)
@@ -90,7 +91,7 @@ async def test_viewers_get_every_event_after_redis_is_down_20_s(
 async def test_a_stream_that_cannot_subscribe_is_refused_with_503_and_leaves_nothing_behind(
     iso: Isolated, stack: Settings, artifacts: Path
 ) -> None:
-    with private_redis(stack) as redis_server:
+    async with off_loop(private_redis(stack)) as redis_server:
         settings = dataclasses.replace(iso.settings, redis_url=redis_server.url, read_deadline_seconds=2.0)
         env = dataclasses.replace(iso, settings=settings).env()
         session = f"nofeed-{iso.tag}"
@@ -100,7 +101,7 @@ async def test_a_stream_that_cannot_subscribe_is_refused_with_503_and_leaves_not
         ):
             await post_all(worker.url, session, ["stored before"])
             await wait_rows(settings.postgres_dsn, "SELECT 1 FROM session_events WHERE session_id = %s", (session,), 1)
-            assert redis_server.stop()
+            assert await asyncio.to_thread(redis_server.stop)
             for headers, path in (
                 ({}, f"/v1/session/{session}/stream"),
                 ({"Accept": "text/event-stream"}, f"/v1/session/{session}/events"),
@@ -117,7 +118,7 @@ async def test_a_stream_that_cannot_subscribe_is_refused_with_503_and_leaves_not
             _, info = await get_json(worker.url, "/v1/worker")
             assert (info["open_streams"], info["watched_sessions"]) == (0, 0), info
             # Redis back: the same stream opens and replays the session
-            assert redis_server.up() == "started"
+            assert await asyncio.to_thread(redis_server.up) == "started"
             async with http.ws_connect(f"{worker.url}/v1/session/{session}/stream") as ws:
                 frames = await ws_frames(ws, 2)
                 assert frames[0].get("message") == "stored before" and frames[1]["type"] == "recovered", frames
@@ -129,7 +130,7 @@ async def test_a_redis_that_stops_answering_is_noticed_and_the_feed_resumes_in_f
     """Redis frozen (SIGSTOP: its sockets stay open, nothing answers, as on a half-open connection): the hub's
     PING goes unanswered, it cuts the connection and reconnects; once Redis answers again the viewer gets
     every event, the ones stored while the hub was reconnecting included, once and in order."""
-    with private_redis(stack) as redis_server:
+    async with off_loop(private_redis(stack)) as redis_server:
         settings = dataclasses.replace(iso.settings, redis_url=redis_server.url)
         env = dataclasses.replace(iso, settings=settings).env()
         session = f"frozen-{iso.tag}"
@@ -141,7 +142,7 @@ async def test_a_redis_that_stops_answering_is_noticed_and_the_feed_resumes_in_f
             assert (await ws_frames(ws, 1))[0]["type"] == "recovered"
             await post_all(worker.url, session, ["before"])
             assert seqs_and_texts(await ws_frames(ws, 1)) == [(1, "before")]
-            pid = redis_server.ours()
+            pid = await asyncio.to_thread(redis_server.ours)
             assert pid is not None
             os.kill(pid, signal.SIGSTOP)
             try:

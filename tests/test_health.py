@@ -36,10 +36,10 @@ async def worker(
         iso_module.settings, redis_url=redis.url, postgres_dsn=postgres.dsn, health_timeout_seconds=1.0
     )
     env = dataclasses.replace(iso_module, settings=settings).env()
-    worker = Worker(env, artifacts / "logs" / f"health-{iso_module.tag}.log").start()
+    worker = await Worker(env, artifacts / "logs" / f"health-{iso_module.tag}.log").started()
     await worker.wait_http()
     yield worker
-    worker.stop()
+    await worker.stopped()
 
 
 async def health(worker: Worker) -> tuple[int, dict[str, Any]]:
@@ -74,7 +74,7 @@ async def test_a_stopped_component_is_503_named_then_recovers_without_restart(
     component: Component = {"redis": servers[0], "postgres": servers[1]}[name]
     pid = worker.pid
     await wait_health(worker, lambda s, b: s == 200)
-    assert component.stop()
+    assert await asyncio.to_thread(component.stop)
     _, body = await wait_health(worker, lambda s, b: s == 503)
     assert body["status"] == "degraded"
     assert body["failing"] == [name]
@@ -83,7 +83,7 @@ async def test_a_stopped_component_is_503_named_then_recovers_without_restart(
     others = {k: v["status"] for k, v in body["components"].items() if k != name}
     assert set(others.values()) == {"ok"}
 
-    assert component.up() == "started"
+    assert await asyncio.to_thread(component.up) == "started"
     _, body = await wait_health(worker, lambda s, b: s == 200)
     assert body["status"] == "ok"
     assert worker.pid == pid and worker.proc is not None and worker.proc.poll() is None
@@ -92,9 +92,9 @@ async def test_a_stopped_component_is_503_named_then_recovers_without_restart(
 async def test_a_worker_starts_when_its_data_dir_does_not_exist_yet(iso: Isolated, artifacts: Path) -> None:
     """A second clone beside servers started by another has no .stack/ yet: its worker makes the directories."""
     data_dir = iso.settings.data_dir / "second-clone" / ".stack" / "faust"
-    assert not data_dir.parent.exists()
+    assert not await asyncio.to_thread(data_dir.parent.exists)
     env = iso.env(SOMA_DATA_DIR=str(data_dir))
     async with running(env, artifacts / "logs" / f"health-datadir-{iso.tag}.log") as worker:
         status, health = await get_json(worker.url, "/health")
     assert (status, health["status"]) == (200, "ok")
-    assert data_dir.is_dir()
+    assert await asyncio.to_thread(data_dir.is_dir)

@@ -11,11 +11,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from app import redis_client
 from tests.support.db import query, wait_rows
 from tests.support.isolation import Isolated
 from tests.support.worker import Worker, running
@@ -239,7 +239,7 @@ async def test_a_key_reused_after_its_record_expired_is_never_silently_dropped(a
 
     async def expire() -> None:
         # what the record's TTL does, done now
-        client = aioredis.Redis.from_url(settings.redis_url)
+        client = redis_client.connect(settings.redis_url)
         try:
             assert await client.delete(record) == 1
         finally:

@@ -67,7 +67,7 @@ def install_wheel(tmp: Path) -> Path:
 async def test_a_worker_started_from_the_installed_wheel_serves_and_stores(iso: Isolated, tmp_path: Path) -> None:
     python = await asyncio.to_thread(install_wheel, tmp_path)
     elsewhere = tmp_path / "run"
-    elsewhere.mkdir()
+    await asyncio.to_thread(elsewhere.mkdir)
     found = await asyncio.to_thread(
         run,
         python,
@@ -83,7 +83,9 @@ async def test_a_worker_started_from_the_installed_wheel_serves_and_stores(iso: 
     applied = await asyncio.to_thread(run, python, "-m", "tools.migrate", cwd=elsewhere, env=env)
     assert "migrations: 1 rolled back" in rolled and "migrations: 1 applied" in applied, (rolled, applied)
 
-    worker = Worker(env, ROOT / "artifacts" / "logs" / f"wheel-{iso.tag}.log", python=python, cwd=elsewhere).start()
+    worker = await Worker(
+        env, ROOT / "artifacts" / "logs" / f"wheel-{iso.tag}.log", python=python, cwd=elsewhere
+    ).started()
     try:
         await worker.wait_http()
         status, answer = await post_message(worker.url, {"session_id": "wheel-1", "message": "from the wheel"})
@@ -97,4 +99,4 @@ async def test_a_worker_started_from_the_installed_wheel_serves_and_stores(iso: 
         status, openapi = await get_json(worker.url, "/openapi.json")
         assert status == 200 and "/v1/session/message" in openapi["paths"]
     finally:
-        worker.stop()
+        await worker.stopped()

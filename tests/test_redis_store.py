@@ -14,7 +14,6 @@ from typing import Any
 
 import faust
 import pytest
-import redis.asyncio as aioredis
 from faust.events import Event
 from faust.exceptions import ImproperlyConfigured
 from faust.streams import _current_event
@@ -22,9 +21,11 @@ from faust.types import TP
 from faust.types.tuples import Message
 
 import tables  # noqa: F401 - registers the redis:// store
+from app import redis_client
 from app.faust_app import SomaApp, create_app
 from app.settings import Settings
 from tables.redis_store import RedisStore
+from tests.support.blocking import off_loop
 from tests.support.isolation import Isolated
 from tests.support.private import private_redis
 from tests.support.tables import changelog_table, redis_table
@@ -307,12 +308,12 @@ async def test_a_ttl_table_forgets_keys_in_memory_and_in_redis(new_store: Callab
 async def test_reads_and_writes_never_wait_for_redis(
     new_store: Callable[..., RedisStore], iso: Isolated, stack: Settings
 ) -> None:
-    with private_redis(stack) as server:
+    async with off_loop(private_redis(stack)) as server:
         store = new_store(settings=dataclasses.replace(iso.settings, redis_url=server.url))
         await store.assign({0, 1, 2}, set())
         apply(store, [(0, n, f"k{n}", n) for n in range(100)])
         assert await store.flush()
-        assert server.stop()
+        assert await asyncio.to_thread(server.stop)
         with processing(store, 0):
             for n in range(10_000):
                 store[f"live-{n}"] = n
@@ -320,9 +321,9 @@ async def test_reads_and_writes_never_wait_for_redis(
         apply(store, [(0, n, f"k{n}", -n) for n in range(100, 200)])
         assert not await store.flush(), "Redis is down: the flush must fail and keep the changes"
         assert len(store._parts[0].dirty) == 100
-        assert server.up() == "started"
+        assert await asyncio.to_thread(server.up) == "started"
         assert await store.flush()
-        client = aioredis.Redis.from_url(server.url)
+        client = redis_client.connect(server.url)
         try:
             keys = store.layout.partition(0)
             assert await client.hget(keys.meta, "offset") == b"199"
@@ -338,7 +339,7 @@ async def test_reset_state_removes_the_table_from_redis(new_store: Callable[...,
         await each.assign({0, 1, 2}, set())
         apply(each, [(p, 0, "k", p) for p in range(3)])
         assert await each.flush()
-    store.reset_state()
+    await asyncio.to_thread(store.reset_state)  # faust's synchronous hook (faust reset)
     assert len(store) == 0
     assert [copy.offset for copy in (await redis_table(store_settings(store), "things", 3)).values()] == [None] * 3
     assert [copy.offset for copy in (await redis_table(store_settings(store), "others", 3)).values()] == [0] * 3

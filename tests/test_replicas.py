@@ -22,14 +22,14 @@ TOTAL = 60
 
 @pytest.fixture
 async def pair(iso: Isolated, artifacts: Path) -> AsyncIterator[tuple[Worker, Worker]]:
-    a = Worker(iso.env(), artifacts / "logs" / f"replica-a-{iso.tag}.log").start()
-    b = Worker(iso.env(), artifacts / "logs" / f"replica-b-{iso.tag}.log").start()
+    a = await Worker(iso.env(), artifacts / "logs" / f"replica-a-{iso.tag}.log").started()
+    b = await Worker(iso.env(), artifacts / "logs" / f"replica-b-{iso.tag}.log").started()
     try:
         await asyncio.gather(a.wait_http(), b.wait_http())
         yield a, b
     finally:
-        a.stop()
-        b.stop()
+        await a.stopped()
+        await b.stopped()
 
 
 async def inbound_partitions(worker: Worker, topic: str) -> set[int]:

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 
 from app.settings import Settings
+from tests.support.blocking import off_loop
 from tests.support.client import get_json, post_message
 from tests.support.db import wait_rows
 from tests.support.isolation import Isolated
@@ -32,12 +33,12 @@ async def until_answered(url: str, path: str, check: Any, timeout: float = 60.0)
 async def test_while_postgres_is_away_the_envelope_comes_from_the_session_table_on_any_replica(
     iso: Isolated, stack: Settings, artifacts: Path
 ) -> None:
-    with private_postgres(stack) as postgres:
-        migrate.apply(postgres.dsn)
+    async with off_loop(private_postgres(stack)) as postgres:
+        await asyncio.to_thread(migrate.apply, postgres.dsn)
         settings = dataclasses.replace(iso.settings, postgres_dsn=postgres.dsn, read_deadline_seconds=1.0)
         env = dataclasses.replace(iso, settings=settings).env()
-        a = Worker(env, artifacts / "logs" / f"table-reader-a-{iso.tag}.log").start()
-        b = Worker(env, artifacts / "logs" / f"table-reader-b-{iso.tag}.log").start()
+        a = await Worker(env, artifacts / "logs" / f"table-reader-a-{iso.tag}.log").started()
+        b = await Worker(env, artifacts / "logs" / f"table-reader-b-{iso.tag}.log").started()
         session = f"table-{iso.tag}"
         try:
             await asyncio.gather(a.wait_http(), b.wait_http())
@@ -49,7 +50,7 @@ async def test_while_postgres_is_away_the_envelope_comes_from_the_session_table_
             _, exact = await get_json(a.url, f"/v1/session/{session}")
             assert exact["last_seq"] == 3 and "stale" not in exact
 
-            assert postgres.stop()
+            assert await asyncio.to_thread(postgres.stop)
             # whichever worker stored the session wrote it to the table; both answer from Redis, the same copy
             # as PostgreSQL's (the table is written a mirror interval and a flush after the store)
             for worker in (a, b):
@@ -60,8 +61,8 @@ async def test_while_postgres_is_away_the_envelope_comes_from_the_session_table_
                 assert resp.status == 503 and resp.headers["Retry-After"]
                 assert (await resp.json())["error"]["code"] == "storage_unavailable"
 
-            assert postgres.up() == "started"
+            assert await asyncio.to_thread(postgres.up) == "started"
             await until_answered(a.url, f"/v1/session/{session}", lambda s, body: s == 200 and "stale" not in body)
         finally:
-            a.stop()
-            b.stop()
+            await a.stopped()
+            await b.stopped()

@@ -27,14 +27,14 @@ LIMIT_SECONDS = 1.0
 @pytest.fixture
 async def pair(iso: Isolated, artifacts: Path) -> AsyncIterator[tuple[Worker, Worker]]:
     env = iso.env(SOMA_MAX_STORAGE_LAG_SECONDS=str(LIMIT_SECONDS))
-    a = Worker(env, artifacts / "logs" / f"lag-a-{iso.tag}.log").start()
-    b = Worker(env, artifacts / "logs" / f"lag-b-{iso.tag}.log").start()
+    a = await Worker(env, artifacts / "logs" / f"lag-a-{iso.tag}.log").started()
+    b = await Worker(env, artifacts / "logs" / f"lag-b-{iso.tag}.log").started()
     try:
         await asyncio.gather(a.wait_http(), b.wait_http())
         yield a, b
     finally:
-        a.stop()
-        b.stop()
+        await a.stopped()
+        await b.stopped()
 
 
 async def post(http: aiohttp.ClientSession, worker: Worker, session: str, text: str) -> tuple[int, Any, str | None]:

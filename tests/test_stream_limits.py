@@ -34,12 +34,12 @@ def rss_mb(pid: int) -> float:
 
 async def peak_rss_mb(pid: int, flooding: asyncio.Task[None]) -> float:
     """The highest RSS of ``pid`` seen while ``flooding`` runs (sampled every 50 ms)."""
-    peak = rss_mb(pid)
+    peak = await asyncio.to_thread(rss_mb, pid)
     while not flooding.done():
-        peak = max(peak, rss_mb(pid))
+        peak = max(peak, await asyncio.to_thread(rss_mb, pid))
         await asyncio.sleep(0.05)
     await flooding
-    return max(peak, rss_mb(pid))
+    return max(peak, await asyncio.to_thread(rss_mb, pid))
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ async def test_a_thousand_websockets_on_one_worker(worker: Worker, iso: Isolated
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert hard >= 2_500, "the test needs file descriptors for 1,000 client sockets"
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2_500), hard))
-    before = rss_mb(worker.pid)
+    before = await asyncio.to_thread(rss_mb, worker.pid)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         sockets = []
@@ -109,7 +109,7 @@ async def test_a_thousand_websockets_on_one_worker(worker: Worker, iso: Isolated
             assert frame["type"] == "recovered"
         _, info = await get_json(worker.url, "/v1/worker")
         assert info["open_streams"] == 1_000 and info["watched_sessions"] == 100
-        after = rss_mb(worker.pid)
+        after = await asyncio.to_thread(rss_mb, worker.pid)
         print(
             f"\n1,000 WebSockets: {after - before:.1f} MB RSS, {(after - before) * 1024 / 1000:.1f} KiB per connection"
         )

@@ -171,7 +171,7 @@ async def test_a_stream_resumed_repeatedly_under_load_sees_every_event_once_in_o
 
 
 async def test_shutdown_closes_every_socket_with_1001(iso: Isolated, artifacts: Path) -> None:
-    worker = Worker(iso.env(), artifacts / "logs" / f"shutdown-{iso.tag}.log").start()
+    worker = await Worker(iso.env(), artifacts / "logs" / f"shutdown-{iso.tag}.log").started()
     try:
         await worker.wait_http()
         async with aiohttp.ClientSession() as http:
@@ -192,6 +192,6 @@ async def test_shutdown_closes_every_socket_with_1001(iso: Isolated, artifacts: 
             rest = reader.buffer + await asyncio.wait_for(sse.content.read(), 20)
             assert all(line.startswith(b":") for line in rest.split(b"\n") if line), rest  # keep-alives at most
             sse.close()
-        assert worker.proc is not None and worker.proc.wait(30) == 0
+        assert worker.proc is not None and await asyncio.to_thread(worker.proc.wait, 30) == 0
     finally:
-        worker.stop()
+        await worker.stopped()

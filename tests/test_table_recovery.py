@@ -15,6 +15,7 @@ import pytest
 
 from app.settings import Settings
 from deploy.localstack.base import free_port
+from tests.support.blocking import off_loop
 from tests.support.client import get_json
 from tests.support.db import query, wait_rows
 from tests.support.events import check_sequenced, message, record
@@ -65,13 +66,13 @@ async def test_a_worker_killed_mid_stream_recovers_its_tables_from_redis(iso: Is
     await produce(settings.kafka_bootstrap, topic, [record(e) for e in events])
     # small batches and a short write-out interval: many table writes and flushes before the kill
     env = iso.env(SOMA_BATCH_MAX="20", SOMA_TABLE_MIRROR_INTERVAL_SECONDS="0.05")
-    first = Worker(env, log_dir / f"tables-kill-{iso.tag}.log").start()
+    first = await Worker(env, log_dir / f"tables-kill-{iso.tag}.log").started()
     await first.wait_http()
     await wait_rows(settings.postgres_dsn, ALL_ROWS, (), 1_000, timeout=60)
-    first.kill()
+    await first.killed()
     stored_at_kill = query(settings.postgres_dsn, COUNT)[0]["n"]
     assert stored_at_kill < len(events), "the kill came after the stream ended: not mid-stream"
-    second = Worker(env, log_dir / f"tables-kill-{iso.tag}-restart.log", port=free_port()).start()
+    second = await Worker(env, log_dir / f"tables-kill-{iso.tag}-restart.log", port=free_port()).started()
     try:
         await second.wait_http()
         rows = await wait_rows(settings.postgres_dsn, ALL_ROWS, (), len(events), timeout=120)
@@ -81,7 +82,7 @@ async def test_a_worker_killed_mid_stream_recovers_its_tables_from_redis(iso: Is
         assert loaded and all(keys > 0 for keys, _ in loaded), f"the restart did not start from Redis: {loaded}"
         assert_never_fenced(second)
     finally:
-        second.stop()
+        await second.stopped()
 
 
 async def test_two_workers_a_third_joins_one_leaves_under_a_steady_stream(iso: Isolated, log_dir: Path) -> None:
@@ -93,8 +94,8 @@ async def test_two_workers_a_third_joins_one_leaves_under_a_steady_stream(iso: I
     await create_topic(settings.kafka_bootstrap, topic, settings.topic_partitions)
     workers = [Worker(env, log_dir / f"tables-rebalance-{iso.tag}-{n}.log") for n in range(3)]
     try:
-        workers[0].start()
-        workers[1].start()
+        await workers[0].started()
+        await workers[1].started()
         await asyncio.gather(workers[0].wait_http(), workers[1].wait_http())
         await settled(workers[:2], topic, settings.topic_partitions)
         produced: list[dict[str, Any]] = []
@@ -104,7 +105,7 @@ async def test_two_workers_a_third_joins_one_leaves_under_a_steady_stream(iso: I
                 produce_steadily(settings.kafka_bootstrap, topic, [record(e) for e in events], 70)
             )
             await asyncio.sleep(3)
-            change()
+            await asyncio.to_thread(change)
             await producing
             produced += events
             rows = await stored_when_quiet(settings.postgres_dsn, len(produced))
@@ -114,7 +115,7 @@ async def test_two_workers_a_third_joins_one_leaves_under_a_steady_stream(iso: I
         assert_never_fenced(*workers)
     finally:
         for worker in workers:
-            worker.stop()
+            await worker.stopped()
 
 
 async def settled(workers: list[Worker], topic: str, partitions: int) -> None:
@@ -165,10 +166,10 @@ def check_stored(rows: list[dict[str, Any]], produced: list[dict[str, Any]]) -> 
 async def test_redis_restarted_empty_mid_stream_pauses_then_loses_nothing(
     iso: Isolated, stack: Settings, log_dir: Path
 ) -> None:
-    with private_redis(stack) as redis_server:
+    async with off_loop(private_redis(stack)) as redis_server:
         settings = dataclasses.replace(iso.settings, redis_url=redis_server.url)
         worker = Worker(dataclasses.replace(iso, settings=settings).env(), log_dir / f"tables-redis-{iso.tag}.log")
-        worker.start()
+        await worker.started()
         try:
             await worker.wait_http()
             topic = iso.topic("conversation.inbound")
@@ -177,10 +178,10 @@ async def test_redis_restarted_empty_mid_stream_pauses_then_loses_nothing(
                 produce_steadily(settings.kafka_bootstrap, topic, [record(e) for e in events], 80)
             )
             await wait_rows(settings.postgres_dsn, ALL_ROWS, (), 150)
-            assert redis_server.stop()
+            assert await asyncio.to_thread(redis_server.stop)
             # the worst case: Redis comes back without its data (no AOF, no RDB)
-            shutil.rmtree(redis_server.home / "appendonlydir", ignore_errors=True)
-            (redis_server.home / "dump.rdb").unlink(missing_ok=True)
+            await asyncio.to_thread(shutil.rmtree, redis_server.home / "appendonlydir", ignore_errors=True)
+            await asyncio.to_thread((redis_server.home / "dump.rdb").unlink, missing_ok=True)
             await asyncio.sleep(3)
             paused_at = query(settings.postgres_dsn, COUNT)[0]["n"]
             deadline = time.monotonic() + 5
@@ -189,7 +190,7 @@ async def test_redis_restarted_empty_mid_stream_pauses_then_loses_nothing(
                 await asyncio.sleep(0.5)
             assert query(settings.postgres_dsn, COUNT)[0]["n"] == paused_at, "processing went on without Redis"
             assert paused_at < len(events), "the outage came after the stream ended: not mid-stream"
-            assert redis_server.up() == "started"
+            assert await asyncio.to_thread(redis_server.up) == "started"
             await producing
             rows = await wait_rows(settings.postgres_dsn, ALL_ROWS, (), len(events), timeout=120)
             check_sequenced(rows, events)
@@ -200,4 +201,4 @@ async def test_redis_restarted_empty_mid_stream_pauses_then_loses_nothing(
             # outage already schedules the rewrite; a flush after it finds the copy lost): either way, a rewrite
             assert re.search(r"partition \d+: rewrote \d+ keys at offset \d+", log), "the lost copy was never rewritten"
         finally:
-            worker.stop()
+            await worker.stopped()

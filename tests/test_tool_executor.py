@@ -141,7 +141,7 @@ async def test_a_tool_interrupted_by_a_crash_is_answered_interrupted_and_never_r
     topic = iso.topic("tool.requests")
     await create_topic(settings.kafka_bootstrap, topic, settings.topic_partitions)
     request = tool_request("tools-3", "http_fetch", {"url": f"{loopback.url}/held"})
-    first = Worker(env, artifacts / "logs" / f"tools-crash-{iso.tag}.log").start()
+    first = await Worker(env, artifacts / "logs" / f"tools-crash-{iso.tag}.log").started()
     try:
         await first.wait_http()
         await produce(settings.kafka_bootstrap, topic, [record(request, "tool_request")])
@@ -150,7 +150,7 @@ async def test_a_tool_interrupted_by_a_crash_is_answered_interrupted_and_never_r
             assert time.monotonic() < deadline, first.log()
             await asyncio.sleep(0.05)
     finally:
-        first.kill()  # SIGKILL: the request is neither answered nor acknowledged
+        await first.killed()  # SIGKILL: the request is neither answered nor acknowledged
     async with running(env, artifacts / "logs" / f"tools-crash-restart-{iso.tag}.log") as second:
         rows = await wait_rows(settings.postgres_dsn, RESULTS, (), 1, timeout=90)
         result = rows[0]["payload"]

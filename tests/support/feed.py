@@ -9,14 +9,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-import redis.asyncio as aioredis
+from app import redis_client
 
 
 class FeedListener:
     """Collects every event published on ``<prefix>session:*:feed`` from the moment it is started."""
 
     def __init__(self, redis_url: str, prefix: str) -> None:
-        self.client = aioredis.Redis.from_url(redis_url)
+        self.client = redis_client.connect(redis_url)
         self.pattern = f"{prefix}session:*:feed"
         self.events: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None

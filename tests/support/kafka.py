@@ -8,7 +8,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber, TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord
 
 
@@ -91,10 +91,23 @@ async def produce_steadily(
     records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]],
     per_second: float,
 ) -> None:
-    """Produce ``records`` one by one at a steady rate, in order, riding out broker outages by resending."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, request_timeout_ms=5000, retry_backoff_ms=200
-    )
+    """Produce ``records`` one by one at a steady rate, in order, riding out broker outages by resending.
+
+    A send in flight when the broker went down can leave the idempotent producer's sequence behind the
+    broker's (OutOfOrderSequenceNumber on every later send): a new producer then resends (a record may so be
+    written twice, which the store keeps once).
+    """
+
+    def new_producer() -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            request_timeout_ms=5000,
+            retry_backoff_ms=200,
+        )
+
+    producer = new_producer()
     await producer.start()
     try:
         began = time.monotonic()
@@ -103,6 +116,10 @@ async def produce_steadily(
                 try:
                     await producer.send_and_wait(topic, value=value, key=key, headers=headers)
                     break
+                except OutOfOrderSequenceNumber:
+                    await producer.stop()
+                    producer = new_producer()
+                    await producer.start()
                 except KafkaError:
                     await asyncio.sleep(0.2)
             ahead = began + (n + 1) / per_second - time.monotonic()

@@ -15,6 +15,7 @@ from deploy.localstack.redis_server import RedisServer
 
 @contextmanager
 def private_redis(settings: Settings) -> Iterator[RedisServer]:
+    """A Redis of the test's own (an async test enters it with ``off_loop``: starting it blocks)."""
     home = settings.stack_dir / "test-instances" / f"redis-{uuid.uuid4().hex[:8]}"
     server = RedisServer("127.0.0.1", free_port(), home)
     server.up()
@@ -27,6 +28,7 @@ def private_redis(settings: Settings) -> Iterator[RedisServer]:
 
 @contextmanager
 def private_postgres(settings: Settings) -> Iterator[PostgresServer]:
+    """A PostgreSQL of the test's own (an async test enters it with ``off_loop``: starting it blocks)."""
     # under the stack dir, not pytest's 0700 tmp dir: the postgres user must reach its data directory
     home = settings.stack_dir / "test-instances" / f"postgres-{uuid.uuid4().hex[:8]}"
     port = free_port()

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from app import redis_client
 from app.settings import Settings
 from tables.redis_keys import TableKeys
 
@@ -28,7 +28,7 @@ class PartitionCopy:
 async def redis_table(settings: Settings, table: str, partitions: int) -> dict[int, PartitionCopy]:
     """Each partition of ``table`` as Redis holds it (no offset: no usable copy)."""
     layout = TableKeys(settings.redis_prefix, settings.app_id, table)
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = redis_client.connect(settings.redis_url)
     try:
         copies = {}
         for partition in range(partitions):

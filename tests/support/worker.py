@@ -73,10 +73,13 @@ class Worker:
     async def wait_log(self, text: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.log_path.exists() and text in self.log_path.read_text(errors="replace"):
+            if text in await asyncio.to_thread(self._log_text):
                 return
             await asyncio.sleep(0.2)
         raise AssertionError(f"{text!r} not in the worker log within {timeout} s:\n{tail(self.log_path, 60)}")
+
+    def _log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc is None or self.proc.poll() is not None:
@@ -96,13 +99,24 @@ class Worker:
     def log(self, lines: int = 80) -> str:
         return tail(self.log_path, lines)
 
+    # the same from a test's event loop: process control off the loop (it forks, waits, opens files)
+
+    async def started(self) -> Worker:
+        return await asyncio.to_thread(self.start)
+
+    async def stopped(self, timeout: float = 30.0) -> int:
+        return await asyncio.to_thread(self.stop, timeout)
+
+    async def killed(self) -> None:
+        await asyncio.to_thread(self.kill)
+
 
 @asynccontextmanager
 async def running(env: dict[str, str], log_path: Path) -> AsyncIterator[Worker]:
     """A started worker whose web server answers; stopped (SIGTERM) on exit."""
-    worker = Worker(env, log_path).start()
+    worker = await Worker(env, log_path).started()
     try:
         await worker.wait_http()
         yield worker
     finally:
-        worker.stop()
+        await worker.stopped()
