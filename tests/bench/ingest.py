@@ -148,7 +148,10 @@ def run_wrk(url: str, seconds: float, connections: int, sessions: int) -> Result
     ).stdout  # fmt: skip
     statuses = {int(k): int(v) for k, v in re.findall(r"(\d+)=(\d+)", out.split("STATUS", 1)[1].splitlines()[0])}
     p50, p99, worst = (int(v) / 1000 for v in re.findall(r"=(\d+)", out.split("LATENCY_US", 1)[1].splitlines()[0]))
-    errors = sum(int(v) for v in re.findall(r"=(\d+)", out.split("ERRORS", 1)[1].splitlines()[0]))
+    # wrk counts an answer that is not 2xx/3xx as a "status" error: those are in ``statuses`` already
+    errors = sum(
+        int(v) for k, v in re.findall(r"(\w+)=(\d+)", out.split("ERRORS", 1)[1].splitlines()[0]) if k != "status"
+    )
     return {"statuses": statuses, "latency_ms": {"p50": p50, "p99": p99, "max": worst}, "errors": errors}
 
 
