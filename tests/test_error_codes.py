@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,8 +69,46 @@ def test_an_error_answers_the_status_of_its_code() -> None:
         ApiError("a bare ApiError needs a code")
 
 
+def routed_views() -> dict[str, Any]:
+    """Every view the app routes, as a worker has them (faust's scan of tables/, agents/, views/)."""
+    from app import app
+
+    app.discover()
+    return dict(app.web.views)
+
+
+# views that are pages for people, not part of the documented API
+PAGES = {"/", "/static/{name}"}
+
+
+def test_every_routed_view_documents_exactly_the_methods_it_serves() -> None:
+    from faust.web import View
+
+    from views.openapi import document
+
+    views = routed_views()
+    assert {"/v1/session/message", "/health", "/openapi.json"} <= set(views)
+    documented = document()["paths"]
+    for path, view in views.items():
+        served = {
+            m for m in ("get", "post", "put", "patch", "delete") if getattr(type(view), m) is not getattr(View, m)
+        }
+        assert served, f"{path} serves no method"
+        if path in PAGES:
+            assert view.openapi is None and path not in documented, f"{path} is a page, not an API operation"
+            continue
+        assert view.openapi is not None, f"{path} ({type(view).__name__}) declares no OpenAPI operations"
+        assert set(view.openapi) == served, f"{path}: serves {sorted(served)}, documents {sorted(view.openapi)}"
+        assert set(documented[path]) == served
+        for method, operation in documented[path].items():
+            assert operation.get("summary") and operation.get("responses"), f"{method.upper()} {path}"
+    assert set(documented) == set(views) - PAGES
+
+
 def test_the_openapi_document_lists_every_http_code_under_its_status() -> None:
     from views.openapi import document
+
+    routed_views()
 
     described: dict[str, str] = {}
     for path in document()["paths"].values():

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import aiopg
 from aiohttp import web
@@ -33,7 +33,13 @@ T = TypeVar("T")
 
 
 class ApiView(View):
-    """Turns ApiError into ``{"error": {"code", "message"}}`` with its status; never a 5xx for bad input."""
+    """Turns ApiError into ``{"error": {"code", "message"}}`` with its status; never a 5xx for bad input.
+
+    Each view declares ``openapi``: its operations per HTTP method, as the OpenAPI document lists them
+    (views/openapi.py assembles the document from the routed views), or None for a page for people.
+    """
+
+    openapi: ClassVar[dict[str, dict[str, Any]] | None]  # views/api_doc.Operations
 
     async def dispatch(self, request: Any) -> Any:
         try:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 from faust.web import Request, Response
 
 from app import app
 from app.errors import ApiError
+from views.api_doc import Operations
 from views.base import ApiView
 
 STATIC = Path(__file__).with_name("static")
@@ -46,12 +47,16 @@ def _serve(view: ApiView, asset: Asset) -> Response:
 
 @app.page("/")
 class Console(ApiView):
+    openapi: ClassVar[Operations] = None  # a page for people, not part of the API
+
     async def get(self, request: Request) -> Response:
         return _serve(self, PAGE)
 
 
 @app.page("/static/{name}")
 class ConsoleAsset(ApiView):
+    openapi: ClassVar[Operations] = None  # the console's files
+
     async def get(self, request: Request, name: str) -> Response:
         asset = ASSETS.get(name)
         if asset is None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from faust.web import Request, Response
 
 from app import app
+from views.api_doc import Operations, json_answer
 from views.base import ApiView
 
 
@@ -48,6 +49,28 @@ async def _run(check: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]
 
 @app.page("/health")
 class Health(ApiView):
+    openapi: ClassVar[Operations] = {
+        "get": {
+            "summary": "Kafka, Redis and Postgres checked for real",
+            "responses": {
+                "200": json_answer("Health", "every component answers"),
+                "503": {
+                    "description": "a component is down (named in failing); or error too_many_connections",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "oneOf": [
+                                    {"$ref": "#/components/schemas/Health"},
+                                    {"$ref": "#/components/schemas/Error"},
+                                ]
+                            }
+                        }
+                    },
+                },
+            },
+        }
+    }
+
     async def get(self, request: Request) -> Response:
         results = await asyncio.gather(*(_run(check) for check in CHECKS.values()))
         components = dict(zip(CHECKS, results, strict=True))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from faust.web import Request, Response
 
 from app import app
+from views.api_doc import IDEMPOTENCY_HEADER, Operations, errors, json_answer
 from views.base import ApiView, read_json
 from views.idempotency import fingerprint, once
 from views.intake import accept_message, action_message, validated
@@ -24,8 +25,28 @@ async def _answer(view: ApiView, request: Request, message: dict[str, Any], body
     return view.json(answer, status=status)
 
 
+def _post(summary: str, schema: str) -> Operations:
+    """The operation of a POST that enqueues a user message: 202 once the broker acked it."""
+    return {
+        "post": {
+            "summary": summary,
+            "parameters": [IDEMPOTENCY_HEADER],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+            },
+            "responses": {
+                "202": json_answer("Accepted", "accepted: the broker has the event"),
+                **errors("400", "408", "409", "413", "415", "422", "503"),
+            },
+        }
+    }
+
+
 @app.page("/v1/session/message")
 class SessionMessage(ApiView):
+    openapi: ClassVar[Operations] = _post("Post a user message", "message_request")
+
     async def post(self, request: Request) -> Response:
         body = await read_json(request, app.settings.http_body_timeout_seconds)
         return await _answer(self, request, validated("message_request", body), body)
@@ -33,6 +54,10 @@ class SessionMessage(ApiView):
 
 @app.page("/v1/session/action")
 class SessionAction(ApiView):
+    openapi: ClassVar[Operations] = _post(
+        "Post a quick action (summarize, next_steps, status_report)", "action_request"
+    )
+
     async def post(self, request: Request) -> Response:
         body = await read_json(request, app.settings.http_body_timeout_seconds)
         return await _answer(self, request, action_message(validated("action_request", body)), body)

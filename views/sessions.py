@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from aiohttp import web
 from faust.web import Request, Response
@@ -14,6 +14,7 @@ from app.errors import ApiError, StorageUnavailable
 from app.repository import envelope, events_after, head_seq
 from tables.sessions import stored_state
 from views import connections, http_errors, sse, websocket
+from views.api_doc import AFTER_PARAM, SESSION_PARAM, Operations, errors, json_answer
 from views.base import ApiView, bounded_read
 from views.params import integer, resume_position
 from views.params import session_id as checked_session_id
@@ -45,6 +46,14 @@ def wants_event_stream(request: Request) -> bool:
 
 @app.page("/v1/session/{session_id}")
 class SessionEnvelope(ApiView):
+    openapi: ClassVar[Operations] = {
+        "get": {
+            "summary": "The session envelope",
+            "parameters": [SESSION_PARAM],
+            "responses": {"200": json_answer("Envelope", "the envelope"), **errors("400", "404", "503")},
+        }
+    }
+
     async def get(self, request: Request, session_id: str) -> Response:
         """The envelope from PostgreSQL; while it does not answer, the session table's copy, marked ``stale``."""
         sid = checked_session_id(session_id)
@@ -63,6 +72,39 @@ class SessionEnvelope(ApiView):
 
 @app.page("/v1/session/{session_id}/events")
 class SessionEvents(ApiView):
+    openapi: ClassVar[Operations] = {
+        "get": {
+            "summary": "Stored events in seq order (JSON pages); with Accept: text/event-stream, SSE",
+            "parameters": [
+                SESSION_PARAM,
+                AFTER_PARAM,
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                },
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "description": "SSE: resume after this seq",
+                    "schema": {"type": "string"},
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "a page of events, or an SSE stream",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/EventPage"}},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
+                },
+                **errors("400", "404", "503"),
+            },
+        }
+    }
+
     async def get(self, request: Request, session_id: str) -> Any:
         sid = checked_session_id(session_id)
         if wants_event_stream(request):
@@ -86,6 +128,17 @@ class SessionEvents(ApiView):
 
 @app.page("/v1/session/{session_id}/stream")
 class SessionSocket(ApiView):
+    openapi: ClassVar[Operations] = {
+        "get": {
+            "summary": "WebSocket stream of the session (events, then live; client messages in)",
+            "parameters": [SESSION_PARAM, AFTER_PARAM],
+            "responses": {
+                "101": {"description": "switching to WebSocket"},
+                **errors("400", "426", "503"),
+            },
+        }
+    }
+
     async def get(self, request: Request, session_id: str) -> Any:
         sid = checked_session_id(session_id)
         after = integer(request.query, "after", 0, 0, 2**62)

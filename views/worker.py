@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import ClassVar
 
 from faust.web import Request, Response
 
 from app import app
+from views.api_doc import Operations
 from views.base import ApiView
 from views.connections import registry
 from views.server import GuardedWeb
@@ -14,6 +16,18 @@ from views.server import GuardedWeb
 
 @app.page("/v1/worker")
 class WorkerInfo(ApiView):
+    openapi: ClassVar[Operations] = {
+        "get": {
+            "summary": "This worker's partitions, streams and watched sessions",
+            "responses": {
+                "200": {
+                    "description": "worker state",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+        }
+    }
+
     async def get(self, request: Request) -> Response:
         try:
             assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment())
