@@ -163,8 +163,11 @@ class Component(ABC):
             try:
                 if self.answers():
                     return
-            except WrongService:
-                raise
+            except WrongService as exc:
+                if self.ours() is None:
+                    raise
+                # our own server, still starting: Kafka opens its port a moment before it speaks the protocol
+                last_error = str(exc)
             except Exception as exc:  # the service is still starting: keep the reason for the report
                 last_error = f"{type(exc).__name__}: {exc}"
             if self.pid_path.exists() and self.ours() is None:
