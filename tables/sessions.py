@@ -1,18 +1,16 @@
-"""Per-session tables, key session_id, in the app's table store (``SOMA_TABLE_STORE``, Redis by default).
+"""The session table, key session_id, in the app's table store (``SOMA_TABLE_STORE``, Redis by default).
 
 ``session_state``: the session's envelope as PostgreSQL returned it after its last stored batch (head seq =
 the session's event count, persona, tenant, metadata, ...). Its reader: ``GET /v1/session/{id}`` on any replica
-answers from it (read from Redis) while PostgreSQL does not answer, marked ``stale``.
-``session_meta``: the session metadata cache (persona, metadata).
-Both forget a session ``SOMA_SESSION_CACHE_TTL_SECONDS`` after its last write (the seed's
-``session:{session_id}:meta`` with its 900 s TTL), so their size is bounded by the sessions recently active.
+answers from it (read from Redis) while PostgreSQL does not answer, marked ``stale``. It forgets a session
+``SOMA_SESSION_CACHE_TTL_SECONDS`` after its last write (the seed's ``session:{session_id}:meta`` cache with its
+900 s TTL, which it replaces), so its size is bounded by the sessions recently active.
 
-Both hold copies of committed state (the envelope rows Postgres returned after a batch), never a counter that
+It holds copies of committed state (the envelope rows Postgres returned after a batch), never a counter that
 a replay could bump twice. Every table write is a changelog record that faust's producer buffer sends one at a
 time, and a full buffer stops intake; so the agents do not write per batch. They note each stored session in
 :data:`mirror`, which a timer writes out every ``SOMA_TABLE_MIRROR_INTERVAL_SECONDS``: one write per active
-session per interval to ``session_state``, and a write to ``session_meta`` only when persona or metadata changed
-(or its cache entry is half-way to expiry). Before partitions are handed over (a rebalance, after faust has
+session per interval. Before partitions are handed over (a rebalance, after faust has
 drained the agents) and when the agents stop, everything noted is written out and flushed, so the next owner
 recovers the tables complete. Freshness: a reader sees a session's state as of at most one interval (plus
 the changelog's ack) ago; after a crash, as of the last write-out before it, so ``last_seq`` is a lower
@@ -22,7 +20,6 @@ bound of the stored head, never above it.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Set
 from typing import TYPE_CHECKING, Any
 
@@ -47,16 +44,6 @@ session_state = app.Table(
     schema=SCHEMA,
     options={"ttl": app.settings.session_cache_ttl_seconds},
     help="the envelope of each recently active session (head seq, persona, metadata...), mirrored from Postgres",
-)
-
-session_meta = app.Table(
-    "session_meta",
-    default=None,
-    partitions=app.settings.topic_partitions,
-    schema=SCHEMA,
-    # the redis:// store expires a key this long after its last write (memory:// keeps it)
-    options={"ttl": app.settings.session_cache_ttl_seconds},
-    help="persona and metadata of recently active sessions (a cache with a TTL)",
 )
 
 
@@ -89,22 +76,6 @@ async def stored_state(session_id: str) -> dict[str, Any] | None:
     return value
 
 
-def meta_of(envelope: Any) -> dict[str, Any]:
-    """The ``session_meta`` value of one envelope."""
-    return {"persona_id": envelope.persona_id, "metadata": envelope.metadata, "updated_at": envelope.updated_at}
-
-
-def meta_changed(current: Any, envelope: Any, now: float) -> bool:
-    """Whether ``session_meta`` must be written: new persona or metadata, or a cache entry past half its TTL."""
-    if (
-        current is None
-        or current.get("persona_id") != envelope.persona_id
-        or current.get("metadata") != envelope.metadata
-    ):
-        return True
-    return bool(now - current.get("cached_at", 0) > app.settings.session_cache_ttl_seconds / 2)
-
-
 class SessionMirror:
     """The latest committed envelope of each session stored since the last write-out, and its last event."""
 
@@ -120,16 +91,10 @@ class SessionMirror:
     def write_out(self) -> int:
         """Write every noted session to the tables (changelog records sent by faust); returns the writes made."""
         dirty, self._dirty = self._dirty, {}
-        now = time.time()
-        writes = 0
         for session_id, (envelope, event) in dirty.items():
             with in_partition_of(event):
                 session_state[session_id] = state_of(envelope)
-                writes += 1
-                if meta_changed(session_meta.get(session_id), envelope, now):
-                    session_meta[session_id] = {**meta_of(envelope), "cached_at": now}
-                    writes += 1
-        return writes
+        return len(dirty)
 
 
 mirror = SessionMirror()
@@ -137,7 +102,7 @@ mirror = SessionMirror()
 
 @app.timer(app.settings.table_mirror_interval_seconds, name="session table write-out")  # type: ignore[untyped-decorator]
 async def write_out_sessions() -> None:
-    """Timer: the noted sessions to ``session_state`` / ``session_meta`` (changelog records, no other I/O)."""
+    """Timer: the noted sessions to ``session_state`` (changelog records, no other I/O)."""
     if len(mirror):
         mirror.write_out()
 

@@ -347,7 +347,7 @@ async def test_reset_state_removes_the_table_from_redis(new_store: Callable[...,
 
 
 async def test_faust_reset_wipes_every_table_of_the_app(new_store: Callable[..., RedisStore], iso: Isolated) -> None:
-    for name in ("session_state", "session_meta"):
+    for name in ("session_state", "tool_runs"):
         store = new_store(name)
         await store.assign({0, 1, 2}, set())
         apply(store, [(1, 0, "s-1", {"last_seq": 1})])
@@ -358,7 +358,7 @@ async def test_faust_reset_wipes_every_table_of_the_app(new_store: Callable[...,
     )
     _, stderr = await asyncio.wait_for(done.communicate(), 120)
     assert done.returncode == 0, stderr.decode()[-3000:]
-    for name in ("session_state", "session_meta"):
+    for name in ("session_state", "tool_runs"):
         assert (await redis_table(iso.settings, name, 3))[1].offset is None
 
 

@@ -22,7 +22,7 @@ from tests.support.events import check_sequenced, message, record
 from tests.support.isolation import Isolated
 from tests.support.kafka import create_topic, produce, produce_steadily
 from tests.support.private import private_redis
-from tests.support.tables import PartitionCopy, assert_last_seq_counts, decoded, wait_redis_equals_changelog
+from tests.support.tables import assert_last_seq_counts, wait_redis_equals_changelog
 from tests.support.worker import Worker
 
 ALL_ROWS = "SELECT * FROM session_events ORDER BY id"
@@ -35,12 +35,6 @@ async def assert_tables_match(settings: Settings, events: list[dict[str, Any]]) 
     await wait_redis_equals_changelog(
         settings, "session_state", settings.topic_partitions, holds=lambda state: assert_last_seq_counts(state, events)
     )
-    sessions = {event["session_id"] for event in events}
-
-    def every_session(meta: dict[int, PartitionCopy]) -> None:
-        assert set(decoded(meta)) == sessions
-
-    await wait_redis_equals_changelog(settings, "session_meta", settings.topic_partitions, holds=every_session)
 
 
 def loads_from_redis(worker: Worker) -> list[tuple[int, int]]:
