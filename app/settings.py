@@ -18,6 +18,19 @@ ROOT = Path.cwd()
 
 
 @dataclass(frozen=True)
+class StreamSettings:
+    """The slice of the settings a session stream and its two transports use (views/session_stream.py)."""
+
+    queue_max: int  # events a viewer may fall behind before it is closed as a slow reader
+    recovery_max: int  # events a resume (or a feed reconnect) may replay from PostgreSQL
+    subscribe_deadline_seconds: float  # the feed must take the subscription within this, or 503
+    sse_retry_ms: int
+    sse_heartbeat_seconds: float
+    ws_heartbeat_seconds: float
+    ws_max_message_bytes: int
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting of the service and of its local stack; ``docs/configuration.md`` lists them."""
 
@@ -180,6 +193,19 @@ class Settings:
     def http_fetch_hosts(self) -> frozenset[str]:
         """Hosts ``http_fetch`` may reach (``SOMA_HTTP_FETCH_ALLOWLIST``, comma-separated); empty = none."""
         return frozenset(h.strip().lower() for h in self.http_fetch_allowlist.split(",") if h.strip())
+
+    @property
+    def streams(self) -> StreamSettings:
+        """The session streams' slice."""
+        return StreamSettings(
+            queue_max=self.stream_queue_max,
+            recovery_max=self.stream_recovery_max,
+            subscribe_deadline_seconds=self.read_deadline_seconds,
+            sse_retry_ms=self.sse_retry_ms,
+            sse_heartbeat_seconds=self.sse_heartbeat_seconds,
+            ws_heartbeat_seconds=self.ws_heartbeat_seconds,
+            ws_max_message_bytes=self.ws_max_message_bytes,
+        )
 
     def topic(self, name: str) -> str:
         """The real topic name of a logical topic (tests give each run its own prefix)."""

@@ -61,14 +61,14 @@ async def live_seqs(stream: SessionStream, count: int) -> list[int]:
 
 async def test_a_feed_reconnect_catches_up_every_event_stored_meanwhile(app: SomaApp) -> None:
     await store(app, "catch-up", MISSED)
-    stream = SessionStream(app, "catch-up", after=0)
+    stream = SessionStream(app.resources, app.settings.streams, "catch-up", after=0)
     stream._on_resync()  # what the feed hub tells every listener once it has subscribed again
     assert await live_seqs(stream, MISSED) == list(range(1, MISSED + 1))
 
 
 async def test_a_gap_in_the_live_feed_is_filled_page_by_page(app: SomaApp) -> None:
     await store(app, "gap", MISSED)
-    stream = SessionStream(app, "gap", after=0)
+    stream = SessionStream(app.resources, app.settings.streams, "gap", after=0)
     pool = await app.resources.postgres()
     async with pool.acquire() as conn, conn.cursor() as cur:
         await cur.execute("SELECT payload FROM session_events WHERE session_id = 'gap' AND seq = %s", (MISSED,))
@@ -81,7 +81,7 @@ async def test_a_viewer_further_behind_than_a_resume_may_replay_is_closed_to_res
     app = create_app(dataclasses.replace(iso.settings, stream_recovery_max=PAGE + 10))
     try:
         await store(app, "far-behind", MISSED)
-        stream = SessionStream(app, "far-behind", after=0)
+        stream = SessionStream(app.resources, app.settings.streams, "far-behind", after=0)
         stream._on_resync()
         seqs: list[int] = []
         with pytest.raises(SlowReader, match="behind"):

@@ -26,7 +26,8 @@ from app.repository import events_after, head_seq
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from app.faust_app import SomaApp
+    from app.resources import Resources
+    from app.settings import StreamSettings
 
 PAGE = 500
 
@@ -57,12 +58,13 @@ class Recovery:
 class SessionStream:
     """Transport-independent: a WebSocket or SSE view drives it with ``open`` / ``history`` / ``live``."""
 
-    def __init__(self, app: SomaApp, session_id: str, after: int) -> None:
-        self.app = app
+    def __init__(self, resources: Resources, settings: StreamSettings, session_id: str, after: int) -> None:
+        self.resources = resources
+        self.settings = settings
         self.session_id = session_id
         self.requested_after = after
         self.last_sent = after
-        self._max = app.settings.stream_queue_max
+        self._max = settings.queue_max
         # None asks ``live`` to read Postgres past the last sent seq: events published during an outage
         self._pending: deque[FeedItem | None] = deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -103,16 +105,16 @@ class SessionStream:
 
     # -- the stream ---------------------------------------------------------------------------------------
     async def open(self) -> None:
-        await self.app.resources.feed_hub().subscribe(self.session_id, self._listener)
+        await self.resources.feed_hub().subscribe(self.session_id, self._listener)
         self._subscribed = True
 
     async def close(self) -> None:
         if self._subscribed:
             self._subscribed = False
-            await self.app.resources.feed_hub().unsubscribe(self.session_id, self._listener)
+            await self.resources.feed_hub().unsubscribe(self.session_id, self._listener)
 
     async def _read(self, after: int, limit: int, before: int | None = None) -> list[dict[str, Any]]:
-        pool = await self.app.resources.postgres()
+        pool = await self.resources.postgres()
         return await retry_transient(
             f"read session {self.session_id}", lambda: events_after(pool, self.session_id, after, limit, before)
         )
@@ -122,10 +124,10 @@ class SessionStream:
 
         Seqs run 1..head without gaps, so the head seq alone tells how much there is to replay.
         """
-        pool = await self.app.resources.postgres()
+        pool = await self.resources.postgres()
         head = await retry_transient(f"head of session {self.session_id}", lambda: head_seq(pool, self.session_id))
         after = self.requested_after
-        if after > head or head - after > self.app.settings.stream_recovery_max:
+        if after > head or head - after > self.settings.recovery_max:
             # a position this session never reached, or more than a stream may replay: go live from the head
             self.recovery = Recovery(after, False, head, 0)
             self.last_sent = head
@@ -176,7 +178,7 @@ class SessionStream:
         Like a resume, at most ``SOMA_STREAM_RECOVERY_MAX`` of them: a viewer further behind (the feed away a
         long time on a busy session) is closed as a slow reader, to resume from its last seq.
         """
-        limit = self.app.settings.stream_recovery_max
+        limit = self.settings.recovery_max
         replayed = 0
         while True:
             page = await self._read(self.last_sent, PAGE, before)

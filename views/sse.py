@@ -49,7 +49,7 @@ class SseConnection(StreamConnection):
 
     async def _send_events(self) -> None:
         try:
-            await self._write(f"retry: {self.app.settings.sse_retry_ms}\n\n".encode())
+            await self._write(f"retry: {self.settings.sse_retry_ms}\n\n".encode())
             async for item in self.stream.history():
                 await self._write(item.frame("sse", event_bytes))
             recovery = events.encode(self.stream.recovery.frame())
@@ -66,7 +66,7 @@ class SseConnection(StreamConnection):
 
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(self.app.settings.sse_heartbeat_seconds)
+            await asyncio.sleep(self.settings.sse_heartbeat_seconds)
             # a comment line: ignored by EventSource, keeps proxies from closing an idle stream
             try:
                 await self._write(b": ping\n\n")

@@ -39,7 +39,8 @@ class StreamConnection:
         self.app = app
         self.request = request
         self.session_id = session_id
-        self.stream = SessionStream(app, session_id, after)
+        self.settings = app.settings.streams
+        self.stream = SessionStream(app.resources, self.settings, session_id, after)
         self._send_lock = asyncio.Lock()
         self._ended = asyncio.Event()
 
@@ -56,7 +57,7 @@ class StreamConnection:
 
         Unsubscribed when the block ends, however it ends.
         """
-        deadline = self.app.settings.read_deadline_seconds
+        deadline = self.settings.subscribe_deadline_seconds
         try:
             async with asyncio.timeout(deadline):
                 await self.stream.open()

@@ -154,7 +154,7 @@ class SocketConnection(StreamConnection):
 
 
 async def serve(app: SomaApp, request: web.Request, session_id: str, after: int) -> web.WebSocketResponse:
-    settings = app.settings
+    settings = app.settings.streams
     # compress=False: frames are shared by every viewer of a session and written whole (see _write_now)
     ws = web.WebSocketResponse(
         heartbeat=settings.ws_heartbeat_seconds, max_msg_size=settings.ws_max_message_bytes, compress=False
