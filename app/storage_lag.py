@@ -39,7 +39,7 @@ REPORT_SECONDS = 0.5
 STALE_SECONDS = 3.0
 FORGET_SECONDS = 60.0
 # accepted messages remembered per partition at most (a refusal comes long before: rate x limit)
-MAX_REMEMBERED = 1_000_000
+MAX_REMEMBERED = 100_000
 
 
 class StorageBehind(ApiError):
@@ -64,6 +64,7 @@ class StorageLag(Service):
         self._processed: dict[str, int] = {}
         self._processed_here: dict[str, int] = {}
         self.others = 0.0  # the highest lag another worker reported within STALE_SECONDS
+        self._shared_at: float | None = None  # when the other workers' progress was last read from Redis
         self.refused = 0  # client messages refused since start
 
     # -- what the worker does ---------------------------------------------------------------------------------
@@ -87,14 +88,20 @@ class StorageLag(Service):
                     self._processed[tp] = offset + 1
 
     def local(self, now: float | None = None) -> float:
-        """The age of the oldest message this worker accepted that no worker has processed yet."""
+        """The age of the oldest message this worker accepted that no worker has processed yet.
+
+        A partition this worker does not store counts only while the others' progress is known (read from
+        Redis within STALE_SECONDS): without Redis, its messages may well be stored, and none is refused
+        for it (fail open).
+        """
         now = time.time() if now is None else now
+        shared = self._shared_at is not None and now - self._shared_at <= STALE_SECONDS
         oldest = now
         for tp, waiting in self._accepted.items():
             done = self._processed.get(tp, 0)
             while waiting and waiting[0][0] < done:
                 waiting.popleft()
-            if waiting:
+            if waiting and (shared or tp in self._processed_here):
                 oldest = min(oldest, waiting[0][1])
         return now - oldest
 
@@ -145,6 +152,7 @@ class StorageLag(Service):
             name, value = tp.decode(), int(offset)
             # a partition processed further than this worker saw (by its owner, or by this worker since)
             self._processed[name] = max(value, self._processed.get(name, 0), self._processed_here.get(name, 0))
+        self._shared_at = now
         self.others, forgotten = _highest(lags.items(), self.worker, now)
         if forgotten:
             await self.redis.hdel(self.lags_key, *forgotten)

@@ -118,6 +118,7 @@ async def test_while_storage_is_behind_every_worker_refuses_messages_and_none_ac
 def test_the_lag_is_the_age_of_the_oldest_accepted_message_not_processed_anywhere() -> None:
     lag = StorageLag(Settings(), redis=None)
     assert lag.local(now=100.0) == 0.0
+    lag.processed([("in", 0, 5), ("in", 1, 2)])  # this worker stores partitions 0 and 1
     lag.accepted("in", 0, 10, at=100.0)
     lag.accepted("in", 0, 11, at=101.0)
     lag.accepted("in", 1, 5, at=102.0)
@@ -129,10 +130,13 @@ def test_the_lag_is_the_age_of_the_oldest_accepted_message_not_processed_anywher
     assert lag.local(now=110.0) == 9.0
     lag.processed([("in", 0, 11), ("in", 1, 7)])
     assert lag.local(now=110.0) == 0.0
-    # an offset processed elsewhere (another worker's, read from Redis) counts the same
+    # a partition another worker stores counts only while its progress is known (read from Redis lately)
     lag.accepted("in", 2, 40, at=105.0)
+    assert lag.local(now=110.0) == 0.0  # never read: it may well be stored, nothing is refused for it
+    lag._shared_at = 109.0
     assert lag.local(now=110.0) == 5.0
-    lag._processed["in:2"] = 41
+    assert lag.local(now=113.0) == 0.0  # the last read is older than STALE_SECONDS: unknown again
+    lag._processed["in:2"] = 41  # stored elsewhere, as read from Redis
     assert lag.local(now=110.0) == 0.0
 
 
