@@ -212,8 +212,6 @@ async def _store(app: SomaApp, items: list[Incoming]) -> BatchResult:
     # when several agents (topics) write the same session
     async with app.resources.store_lock:
         result = await retry_transient("store batch", lambda: store_batch(pool, items))
-        # stored: what a 202 promised (the feed may be away; its viewers catch up from history)
-        app.storage_lag.processed((item.source.topic, item.source.partition, item.source.offset) for item in items)
         # events stored before (a replay) go out again first, in their seq order: a viewer has them or not,
         # and keeps each seq once (the worker that stored them may have died before publishing them)
         fed = result.republished + result.stored

@@ -63,6 +63,7 @@ class StorageLag(Service):
         # "topic:partition" -> the next offset to process: what this worker processed, and what others shared
         self._processed: dict[str, int] = {}
         self._processed_here: dict[str, int] = {}
+        self._reported: dict[str, int] = {}  # what this worker last wrote of _processed_here
         self.others = 0.0  # the highest lag another worker reported within STALE_SECONDS
         self._shared_at: float | None = None  # when the other workers' progress was last read from Redis
         self.refused = 0  # client messages refused since start
@@ -76,10 +77,7 @@ class StorageLag(Service):
             waiting.append((offset, time.time() if at is None else at))
 
     def processed(self, positions: Iterable[tuple[str, int, int]]) -> None:
-        """Records (topic, partition, offset) stored, or dead-lettered: processed past each offset.
-
-        Stored is what a 202 promises: the session feed may be away meanwhile (viewers catch up from history).
-        """
+        """Records (topic, partition, offset) stored or dead-lettered, and acked: processed past each offset."""
         for topic, partition, offset in positions:
             tp = f"{topic}:{partition}"
             if offset >= self._processed_here.get(tp, 0):
@@ -139,15 +137,19 @@ class StorageLag(Service):
     async def exchange(self) -> None:
         """Share what this worker processed and its lag; read the others' (one round trip, two if some are old)."""
         now = time.time()
+        # only what moved since the last report: a partition this worker no longer stores (a rebalance) is not
+        # written back over its new owner's progress
+        moved = {tp: offset for tp, offset in self._processed_here.items() if self._reported.get(tp) != offset}
         async with self.redis.pipeline(transaction=False) as pipe:
-            if self._processed_here:
-                pipe.hset(self.offsets_key, mapping=self._processed_here)
+            if moved:
+                pipe.hset(self.offsets_key, mapping=moved)
             pipe.hset(self.lags_key, self.worker, f"{self.local(now):.3f} {now:.3f}")
             pipe.expire(self.offsets_key, int(FORGET_SECONDS))
             pipe.expire(self.lags_key, int(FORGET_SECONDS))
             pipe.hgetall(self.offsets_key)
             pipe.hgetall(self.lags_key)
             *_, offsets, lags = await pipe.execute()
+        self._reported.update(moved)
         for tp, offset in offsets.items():
             name, value = tp.decode(), int(offset)
             # a partition processed further than this worker saw (by its owner, or by this worker since)

@@ -1,4 +1,5 @@
-"""Writing a table beside the stream: the changelog partition is that of the record the change belongs to."""
+"""Tables in the partitions of the session topics, and writing them beside the stream (the changelog partition
+is that of the record the change belongs to)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,30 @@ import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import faust
 from faust.streams import _current_event
 
+from app import app
+
 if TYPE_CHECKING:
-    from faust.types import EventT
+    from faust.types import EventT, TableT
+
+# keys and values as JSON
+SCHEMA: faust.Schema[str, Any] = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
+
+
+def session_table(name: str, *, ttl_seconds: float, help: str) -> TableT[str, Any]:
+    """A table keyed within a session's partitions, JSON in and out; the store forgets a key ``ttl_seconds``
+    after its last write (the redis:// store; memory:// keeps it)."""
+    table: TableT[str, Any] = app.Table(
+        name,
+        default=None,
+        partitions=app.settings.topic_partitions,
+        schema=SCHEMA,
+        options={"ttl": ttl_seconds},
+        help=help,
+    )
+    return table
 
 
 @contextlib.contextmanager

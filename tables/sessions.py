@@ -23,11 +23,10 @@ import logging
 from collections.abc import Set
 from typing import TYPE_CHECKING, Any
 
-import faust
 from aiokafka.partitioner import DefaultPartitioner
 
 from app import app
-from tables.partitioning import in_partition_of
+from tables.partitioning import in_partition_of, session_table
 from tables.redis_store import RedisStore
 
 if TYPE_CHECKING:
@@ -35,14 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA: faust.Schema[str, Any] = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
-
-session_state = app.Table(
+session_state = session_table(
     "session_state",
-    default=None,
-    partitions=app.settings.topic_partitions,
-    schema=SCHEMA,
-    options={"ttl": app.settings.session_cache_ttl_seconds},
+    ttl_seconds=app.settings.session_cache_ttl_seconds,
     help="the envelope of each recently active session (head seq, persona, metadata...), mirrored from Postgres",
 )
 

@@ -17,22 +17,15 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-import faust
-
 from app import app
-from tables.partitioning import in_partition_of
+from tables.partitioning import in_partition_of, session_table
 
 if TYPE_CHECKING:
     from faust.types import EventT
 
-SCHEMA: faust.Schema[str, Any] = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
-
-tool_runs = app.Table(
+tool_runs = session_table(
     "tool_runs",
-    default=None,
-    partitions=app.settings.topic_partitions,
-    schema=SCHEMA,
-    options={"ttl": app.settings.tool_run_ttl_seconds},
+    ttl_seconds=app.settings.tool_run_ttl_seconds,
     help="tool requests whose tool was started (at most once per request id)",
 )
 

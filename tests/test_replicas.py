@@ -15,21 +15,15 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from tests.support.client import SseReader, get_json, post_message
 from tests.support.isolation import Isolated
-from tests.support.worker import Worker
+from tests.support.worker import Worker, running_pair
 
 TOTAL = 60
 
 
 @pytest.fixture
 async def pair(iso: Isolated, artifacts: Path) -> AsyncIterator[tuple[Worker, Worker]]:
-    a = await Worker(iso.env(), artifacts / "logs" / f"replica-a-{iso.tag}.log").started()
-    b = await Worker(iso.env(), artifacts / "logs" / f"replica-b-{iso.tag}.log").started()
-    try:
-        await asyncio.gather(a.wait_http(), b.wait_http())
-        yield a, b
-    finally:
-        await a.stopped()
-        await b.stopped()
+    async with running_pair(iso.env(), artifacts / "logs", f"replica-{iso.tag}") as workers:
+        yield workers
 
 
 async def inbound_partitions(worker: Worker, topic: str) -> set[int]:

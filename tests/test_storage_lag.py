@@ -18,7 +18,7 @@ from app.storage_lag import StorageLag, _highest
 from tests.support.client import get_json
 from tests.support.db import query, wait_rows
 from tests.support.isolation import Isolated
-from tests.support.worker import Worker
+from tests.support.worker import Worker, running_pair
 from tests.test_replicas import session_on, settled
 
 LIMIT_SECONDS = 1.0
@@ -27,14 +27,8 @@ LIMIT_SECONDS = 1.0
 @pytest.fixture
 async def pair(iso: Isolated, artifacts: Path) -> AsyncIterator[tuple[Worker, Worker]]:
     env = iso.env(SOMA_MAX_STORAGE_LAG_SECONDS=str(LIMIT_SECONDS))
-    a = await Worker(env, artifacts / "logs" / f"lag-a-{iso.tag}.log").started()
-    b = await Worker(env, artifacts / "logs" / f"lag-b-{iso.tag}.log").started()
-    try:
-        await asyncio.gather(a.wait_http(), b.wait_http())
-        yield a, b
-    finally:
-        await a.stopped()
-        await b.stopped()
+    async with running_pair(env, artifacts / "logs", f"lag-{iso.tag}") as workers:
+        yield workers
 
 
 async def post(http: aiohttp.ClientSession, worker: Worker, session: str, text: str) -> tuple[int, Any, str | None]:

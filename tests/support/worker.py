@@ -112,6 +112,19 @@ class Worker:
 
 
 @asynccontextmanager
+async def running_pair(env: dict[str, str], log_dir: Path, name: str) -> AsyncIterator[tuple[Worker, Worker]]:
+    """Two workers of one group (replicas), both answering; logs ``<name>-a.log`` and ``<name>-b.log``."""
+    a = await Worker(env, log_dir / f"{name}-a.log").started()
+    b = await Worker(env, log_dir / f"{name}-b.log").started()
+    try:
+        await asyncio.gather(a.wait_http(), b.wait_http())
+        yield a, b
+    finally:
+        await a.stopped()
+        await b.stopped()
+
+
+@asynccontextmanager
 async def running(env: dict[str, str], log_path: Path) -> AsyncIterator[Worker]:
     """A started worker whose web server answers; stopped (SIGTERM) on exit."""
     worker = await Worker(env, log_path).started()
