@@ -28,7 +28,7 @@ from app.topics import dead_letter
 if TYPE_CHECKING:
     from faust.types import EventT
 
-    from app.faust_app import SomaApp
+    from agents.context import AgentContext
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -91,7 +91,7 @@ async def retry_transient(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
 
 
 async def send_to_dead_letter(
-    app: SomaApp, event: EventT[bytes], cause: BaseException, attempts: int, first_failure: float
+    ctx: AgentContext, event: EventT[bytes], cause: BaseException, attempts: int, first_failure: float
 ) -> None:
     """Publish the original record with Kafka Connect style error headers; retried until the broker acks."""
     message = event.message
@@ -110,8 +110,8 @@ async def send_to_dead_letter(
     ]
     headers = message.headers
     original = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
-    logical = message.topic.removeprefix(app.settings.topic_prefix)
-    target = app.session_topics[dead_letter(logical)]
+    logical = message.topic.removeprefix(ctx.settings.topic_prefix)
+    target = ctx.topics[dead_letter(logical)]
     log.error(
         "dead-lettering %s[%d]@%d: %s: %s",
         message.topic,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from faust.types import StreamT
 
+from agents.context import agent_context
 from agents.pipeline import Kind, consume
 from app import app
 from app.topics import CONVERSATION_INBOUND
@@ -17,4 +18,4 @@ KIND = Kind(CONVERSATION_INBOUND, "conversation_event")
 
 @app.agent(app.session_topics[CONVERSATION_INBOUND], name="conversation_inbound")
 async def conversation_inbound(stream: StreamT[bytes]) -> None:
-    await consume(app, stream, KIND)
+    await consume(agent_context(app), stream, KIND)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from faust.types import StreamT
 
+from agents.context import agent_context
 from agents.pipeline import Kind, consume
 from app import app
 from app.topics import CONVERSATION_OUTBOUND
@@ -16,4 +17,4 @@ KIND = Kind(CONVERSATION_OUTBOUND, "conversation_event")
 
 @app.agent(app.session_topics[CONVERSATION_OUTBOUND], name="conversation_outbound")
 async def conversation_outbound(stream: StreamT[bytes]) -> None:
-    await consume(app, stream, KIND)
+    await consume(agent_context(app), stream, KIND)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from agents.boundary import PERMANENT, decode, retry_transient, send_to_dead_letter
+from agents.context import AgentContext
 from app import events, feed, retry
 from app.errors import EventInvalid
 from app.repository import BatchResult, Incoming, Source, store_batch
@@ -26,11 +27,9 @@ from tables.sessions import mirror
 if TYPE_CHECKING:
     from faust.types import EventT, StreamT
 
-    from app.faust_app import SomaApp
-
 log = logging.getLogger(__name__)
 
-AfterStore = Callable[["SomaApp", BatchResult, list[Incoming]], Awaitable[None]]
+AfterStore = Callable[[AgentContext, BatchResult, list[Incoming]], Awaitable[None]]
 # an error of no known kind is retried this many times on a lone event, then dead-lettered
 UNKNOWN_ERROR_ATTEMPTS = 5
 
@@ -88,11 +87,11 @@ def _wake(waiter: asyncio.Future[None] | None) -> None:
         waiter.set_result(None)
 
 
-async def consume(app: SomaApp, stream: StreamT[bytes], kind: Kind) -> None:
+async def consume(ctx: AgentContext, stream: StreamT[bytes], kind: Kind) -> None:
     """The body of an agent: feed a batch processor from the stream until the agent stops."""
     events: StreamT[bytes] = stream.noack()  # type: ignore[attr-defined]
-    backlog = Backlog(2 * app.settings.batch_max)
-    processor = asyncio.create_task(_process_forever(app, events, kind, backlog), name=f"batches of {kind.topic}")
+    backlog = Backlog(2 * ctx.settings.batch_max)
+    processor = asyncio.create_task(_process_forever(ctx, events, kind, backlog), name=f"batches of {kind.topic}")
     processor.add_done_callback(_report_crash)
     try:
         async for event in events.events():
@@ -112,20 +111,20 @@ def _report_crash(processor: asyncio.Task[None]) -> None:
         log.error("%s crashed; the agent restarts it", processor.get_name(), exc_info=processor.exception())
 
 
-async def _process_forever(app: SomaApp, stream: StreamT[bytes], kind: Kind, backlog: Backlog) -> None:
-    settings = app.settings
+async def _process_forever(ctx: AgentContext, stream: StreamT[bytes], kind: Kind, backlog: Backlog) -> None:
+    settings = ctx.settings
     while True:
         await backlog.arrived()
         if settings.batch_within_seconds > 0 and len(backlog.events) < settings.batch_max:
             await asyncio.sleep(settings.batch_within_seconds)
         batch = backlog.take(settings.batch_max)
-        await _process_until_done(app, kind, batch)
+        await _process_until_done(ctx, kind, batch)
         for event in batch:
             await stream.ack(event)
-        app.storage_lag.processed((e.message.topic, e.message.partition, e.message.offset) for e in batch)
+        ctx.storage_lag.processed((e.message.topic, e.message.partition, e.message.offset) for e in batch)
 
 
-async def _process_until_done(app: SomaApp, kind: Kind, batch: list[EventT[bytes]]) -> None:
+async def _process_until_done(ctx: AgentContext, kind: Kind, batch: list[EventT[bytes]]) -> None:
     """Process ``batch`` so that every event ends stored or dead-lettered, and the partition moves on.
 
     Decoding dead-letters poison once. Outages are retried inside the store. What else fails (a value
@@ -133,11 +132,11 @@ async def _process_until_done(app: SomaApp, kind: Kind, batch: list[EventT[bytes
     follow-up is then tried alone, dead-lettered at once if the cause is permanent, else after
     ``UNKNOWN_ERROR_ATTEMPTS`` tries, so one record never holds its partition.
     """
-    items = await _decode(app, kind, batch)
+    items = await _decode(ctx, kind, batch)
     if not items:
         return
     try:
-        await _store_and_follow_up(app, kind, items)
+        await _store_and_follow_up(ctx, kind, items)
         return
     except asyncio.CancelledError:
         raise
@@ -146,21 +145,21 @@ async def _process_until_done(app: SomaApp, kind: Kind, batch: list[EventT[bytes
     except Exception:
         log.exception("a batch of %d %s events failed; storing them one at a time", len(items), kind.topic)
     for item in items:
-        await _alone_until_done(app, kind, item)
+        await _alone_until_done(ctx, kind, item)
 
 
-async def _alone_until_done(app: SomaApp, kind: Kind, item: Incoming) -> None:
+async def _alone_until_done(ctx: AgentContext, kind: Kind, item: Incoming) -> None:
     first_failure = time.time()
     delays = retry.UNKNOWN_ERROR.delays()
     for attempt in range(1, UNKNOWN_ERROR_ATTEMPTS + 1):
         try:
-            await _store_and_follow_up(app, kind, [item])
+            await _store_and_follow_up(ctx, kind, [item])
             return
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             if isinstance(exc, PERMANENT) or attempt == UNKNOWN_ERROR_ATTEMPTS:
-                await send_to_dead_letter(app, item.origin, exc, attempt, first_failure)
+                await send_to_dead_letter(ctx, item.origin, exc, attempt, first_failure)
                 return
             source = item.source
             log.exception(
@@ -174,7 +173,7 @@ async def _alone_until_done(app: SomaApp, kind: Kind, item: Incoming) -> None:
             await asyncio.sleep(next(delays))
 
 
-async def _decode(app: SomaApp, kind: Kind, batch: list[EventT[bytes]]) -> list[Incoming]:
+async def _decode(ctx: AgentContext, kind: Kind, batch: list[EventT[bytes]]) -> list[Incoming]:
     """The batch's valid events; poison (not JSON, invalid, too large, wrongly keyed) is dead-lettered now.
 
     Decoding is pure, so an error of any kind here belongs to the record (a retry would fail the same way).
@@ -186,37 +185,39 @@ async def _decode(app: SomaApp, kind: Kind, batch: list[EventT[bytes]]) -> list[
     for event in batch:
         message = event.message
         try:
-            decoded = {**kind.defaults, **decode(message.value, kind.schema, app.settings.max_event_bytes)}
+            decoded = {**kind.defaults, **decode(message.value, kind.schema, ctx.settings.max_event_bytes)}
             if message.key != decoded["session_id"].encode():
                 raise EventInvalid(kind.schema, [f"(key): record key {message.key!r} is not the session_id"])
         except Exception as exc:
-            await send_to_dead_letter(app, event, exc, 1, time.time())
+            await send_to_dead_letter(ctx, event, exc, 1, time.time())
             continue
         items.append(Incoming(decoded, Source(message.topic, message.partition, message.offset), event))
     return items
 
 
-async def _store_and_follow_up(app: SomaApp, kind: Kind, items: list[Incoming]) -> None:
+async def _store_and_follow_up(ctx: AgentContext, kind: Kind, items: list[Incoming]) -> None:
     """Store, note for the session tables, run the agent's after-store step (tools)."""
-    result = await _store(app, items)
+    result = await _store(ctx, items)
     _mirror_to_table(result, items)
     if kind.after_store is not None:
-        await kind.after_store(app, result, items)
+        await kind.after_store(ctx, result, items)
 
 
-async def _store(app: SomaApp, items: list[Incoming]) -> BatchResult:
+async def _store(ctx: AgentContext, items: list[Incoming]) -> BatchResult:
     """Store ``items`` (outages retried here) and feed what was stored; any other failure is the caller's."""
-    pool = await app.resources.postgres()
-    redis = app.resources.redis
+    pool = await ctx.resources.postgres()
+    redis = ctx.resources.redis
     # one writer at a time per worker: the feed then carries each session's events in seq order even
     # when several agents (topics) write the same session
-    async with app.resources.store_lock:
+    async with ctx.resources.store_lock:
         result = await retry_transient("store batch", lambda: store_batch(pool, items))
         # events stored before (a replay) go out again first, in their seq order: a viewer has them or not,
         # and keeps each seq once (the worker that stored them may have died before publishing them)
         fed = result.republished + result.stored
         encoded = [events.encode(event) for event in result.republished] + result.encoded
-        await retry_transient("publish to the session feed", lambda: feed.publish(redis, app.settings, fed, encoded))
+        await retry_transient(
+            "publish to the session feed", lambda: feed.publish(redis, ctx.settings.redis_prefix, fed, encoded)
+        )
     return result
 
 

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Coroutine
 from typing import Any
 
 from faust.types import StreamT
 
 from agents.boundary import retry_transient
+from agents.context import AgentContext, agent_context
 from agents.pipeline import Kind, consume
 from agents.tools import PolicyHook, ToolContext, ToolOutcome, allow_all, run_tool
 from app import app, events
-from app.publish import send_event
 from app.repository import BatchResult, Incoming, stored_ids
 from app.topics import TOOL_REQUESTS, TOOL_RESULTS
 from tables.tool_runs import mark_started, started
@@ -71,26 +72,25 @@ INTERRUPTED = ToolOutcome(
 )
 
 
-async def execute(request: dict[str, Any]) -> None:
-    ctx = ToolContext(settings=app.settings, http=app.resources.http())
+async def execute(ctx: AgentContext, request: dict[str, Any]) -> None:
     outcome = await run_tool(
         request["tool_name"],
         dict(request["args"]),
-        ctx,
+        ToolContext(settings=ctx.tools, http=ctx.resources.http()),
         policy,
         session_id=request["session_id"],
         metadata=request.get("metadata") or {},
     )
-    await answer(request, outcome)
+    await answer(ctx, request, outcome)
 
 
-async def answer(request: dict[str, Any], outcome: ToolOutcome) -> None:
-    event = result_event(request, outcome, app.settings.max_event_bytes)
+async def answer(ctx: AgentContext, request: dict[str, Any], outcome: ToolOutcome) -> None:
+    event = result_event(request, outcome, ctx.tools.max_event_bytes)
     # the tool ran once; only the publish is retried
-    await retry_transient("publish tool result", lambda: send_event(app, TOOL_RESULTS, event, "tool_result"))
+    await retry_transient("publish tool result", lambda: ctx.send(TOOL_RESULTS, event, "tool_result"))
 
 
-async def run_requests(_: Any, result: BatchResult, items: list[Incoming]) -> None:
+async def run_requests(ctx: AgentContext, result: BatchResult, items: list[Incoming]) -> None:
     """Run the tool of every request of the batch that has no stored result and was never started.
 
     A request started before (its worker died, or its batch failed, before the result was stored) is
@@ -98,7 +98,7 @@ async def run_requests(_: Any, result: BatchResult, items: list[Incoming]) -> No
     is raised: the batch is then retried one request at a time, and none of its tools runs again.
     """
     requests = {item.event["event_id"]: item for item in items}
-    pool = await app.resources.postgres()
+    pool = await ctx.resources.postgres()
     answered = await retry_transient("read stored results", lambda: stored_ids(pool, [result_id(e) for e in requests]))
     unanswered = [(eid, item) for eid, item in requests.items() if result_id(eid) not in answered]
     marked = {eid for eid, item in unanswered if started(eid, item.origin)}
@@ -106,11 +106,21 @@ async def run_requests(_: Any, result: BatchResult, items: list[Incoming]) -> No
     new = [(eid, item) for eid, item in unanswered if eid not in marked]
     if new:
         await retry_transient("mark tool runs started", lambda: mark_started([(eid, item.origin) for eid, item in new]))
-    outcomes = await asyncio.gather(
-        *(answer(request, INTERRUPTED) for request in interrupted),
-        *(execute(item.event) for _, item in new),
-        return_exceptions=True,
+    await all_finished(
+        [
+            *(answer(ctx, request, INTERRUPTED) for request in interrupted),
+            *(execute(ctx, item.event) for _, item in new),
+        ]
     )
+
+
+async def all_finished(calls: list[Coroutine[Any, Any, None]]) -> None:
+    """Run ``calls`` together; once every one has finished, raise the first failure.
+
+    A failing call never cancels its siblings: a tool cancelled mid-run would be answered ``interrupted``
+    when its batch is retried although it did run, and one that had not reached its tool would not run at all.
+    """
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
@@ -123,4 +133,4 @@ KIND = Kind(
 
 @app.agent(app.session_topics[TOOL_REQUESTS], name="tool_requests")
 async def tool_requests(stream: StreamT[bytes]) -> None:
-    await consume(app, stream, KIND)
+    await consume(agent_context(app), stream, KIND)

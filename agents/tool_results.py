@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from faust.types import StreamT
 
+from agents.context import agent_context
 from agents.pipeline import Kind, consume
 from app import app
 from app.topics import TOOL_RESULTS
@@ -16,4 +17,4 @@ KIND = Kind(TOOL_RESULTS, "tool_result", defaults={"type": "tool.result", "role"
 
 @app.agent(app.session_topics[TOOL_RESULTS], name="tool_results")
 async def tool_results(stream: StreamT[bytes]) -> None:
-    await consume(app, stream, KIND)
+    await consume(agent_context(app), stream, KIND)

@@ -9,15 +9,14 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from app import events
-from app.settings import Settings
 
 
-def channel(settings: Settings, session_id: str) -> str:
-    return f"{settings.redis_prefix}session:{session_id}:feed"
+def channel(redis_prefix: str, session_id: str) -> str:
+    return f"{redis_prefix}session:{session_id}:feed"
 
 
 async def publish(
-    client: aioredis.Redis, settings: Settings, stored: list[dict[str, Any]], encoded: list[bytes] | None = None
+    client: aioredis.Redis, redis_prefix: str, stored: list[dict[str, Any]], encoded: list[bytes] | None = None
 ) -> None:
     """PUBLISH every event to its session's channel, in the given (seq) order, in one round trip.
 
@@ -28,7 +27,7 @@ async def publish(
     payloads = encoded if encoded is not None else [events.encode(event) for event in stored]
     args: list[bytes | str] = []
     for event, payload in zip(stored, payloads, strict=True):
-        args += (channel(settings, event["session_id"]), payload)
+        args += (channel(redis_prefix, event["session_id"]), payload)
     # one command for the whole batch: a pipeline of one PUBLISH per event cost ~7 % of a busy worker
     await _publish_all(client)(args=args)
 

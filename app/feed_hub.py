@@ -81,7 +81,7 @@ class FeedHub:
             listeners = self._listeners.setdefault(session_id, set())
             listeners.add(listener)
             if len(listeners) == 1:
-                name = channel(self.settings, session_id)
+                name = channel(self.settings.redis_prefix, session_id)
                 self._channels[name.encode()] = session_id
                 try:
                     await self._ensure().subscribe(name)
@@ -102,7 +102,7 @@ class FeedHub:
             listeners.discard(listener)
             if not listeners:
                 del self._listeners[session_id]
-                name = channel(self.settings, session_id)
+                name = channel(self.settings.redis_prefix, session_id)
                 self._channels.pop(name.encode(), None)
                 if self._pubsub is not None:
                     try:

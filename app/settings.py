@@ -31,6 +31,32 @@ class StreamSettings:
 
 
 @dataclass(frozen=True)
+class AgentSettings:
+    """The slice of the settings the batching agents use (agents/pipeline.py, agents/boundary.py)."""
+
+    batch_max: int  # events stored in one batch at most
+    batch_within_seconds: float  # a batch waits this long for more events while it is below batch_max
+    max_event_bytes: int  # a larger record is dead-lettered unparsed
+    topic_prefix: str  # stripped from a record's topic to name its dead-letter topic
+    redis_prefix: str  # of the session feed's channels
+
+
+@dataclass(frozen=True)
+class ToolSettings:
+    """The slice of the settings the tool executor and its tools use (agents/tools/)."""
+
+    timeout_seconds: float  # a tool's run, and its policy check, unless the tool has its own timeout
+    timeouts: dict[str, float]  # per tool (SOMA_TOOL_TIMEOUTS)
+    http_fetch_hosts: frozenset[str]  # hosts http_fetch may reach
+    http_fetch_max_bytes: int
+    max_event_bytes: int  # a larger result becomes an error result
+
+    def timeout(self, name: str) -> float:
+        """Seconds tool ``name`` may run: its ``SOMA_TOOL_TIMEOUTS`` entry, else ``SOMA_TOOL_TIMEOUT_SECONDS``."""
+        return self.timeouts.get(name, self.timeout_seconds)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting of the service and of its local stack; ``docs/configuration.md`` lists them."""
 
@@ -205,6 +231,26 @@ class Settings:
             sse_heartbeat_seconds=self.sse_heartbeat_seconds,
             ws_heartbeat_seconds=self.ws_heartbeat_seconds,
             ws_max_message_bytes=self.ws_max_message_bytes,
+        )
+
+    def agents(self) -> AgentSettings:
+        """The batching agents' slice."""
+        return AgentSettings(
+            batch_max=self.batch_max,
+            batch_within_seconds=self.batch_within_seconds,
+            max_event_bytes=self.max_event_bytes,
+            topic_prefix=self.topic_prefix,
+            redis_prefix=self.redis_prefix,
+        )
+
+    def tools(self) -> ToolSettings:
+        """The tool executor's slice."""
+        return ToolSettings(
+            timeout_seconds=self.tool_timeout_seconds,
+            timeouts=self.tool_timeout_map(),
+            http_fetch_hosts=self.http_fetch_hosts(),
+            http_fetch_max_bytes=self.http_fetch_max_bytes,
+            max_event_bytes=self.max_event_bytes,
         )
 
     def topic(self, name: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from agents.tool_requests import result_id
+from agents.tool_requests import all_finished, result_id
 from deploy.localstack.base import free_port
 from tests.support.db import query, wait_rows
 from tests.support.events import record, tool_request
@@ -162,3 +162,25 @@ async def test_a_tool_interrupted_by_a_crash_is_answered_interrupted_and_never_r
             settings.postgres_dsn, "SELECT type FROM session_events WHERE session_id = 'tools-3' ORDER BY seq"
         )
         assert [row["type"] for row in types] == ["tool.request", "tool.result"]
+
+
+async def test_a_failing_call_lets_its_siblings_finish_before_the_batch_fails() -> None:
+    """The executor's batch policy (agents/tool_requests.all_finished): siblings of a failed call run to their end,
+    so none is cut off mid-run and answered ``interrupted`` on the retry although its tool ran."""
+    finished: list[str] = []
+    release = asyncio.Event()
+
+    async def fails() -> None:
+        raise RuntimeError("the first call failed")
+
+    async def slow_sibling() -> None:
+        await release.wait()
+        finished.append("slow")
+
+    async def quick_sibling() -> None:
+        finished.append("quick")
+        release.set()
+
+    with pytest.raises(RuntimeError, match="the first call failed"):
+        await all_finished([fails(), slow_sibling(), quick_sibling()])
+    assert finished == ["quick", "slow"]

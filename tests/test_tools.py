@@ -165,7 +165,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 def make_ctx(http: aiohttp.ClientSession, **changes: Any) -> ToolContext:
     base = {"http_fetch_allowlist": "127.0.0.1", "http_fetch_max_bytes": MAX_BYTES, "tool_timeouts": "http_fetch=0.3"}
-    return ToolContext(settings=dataclasses.replace(Settings.from_env({}), **{**base, **changes}), http=http)
+    return ToolContext(settings=dataclasses.replace(Settings.from_env({}), **{**base, **changes}).tools(), http=http)
 
 
 @pytest.fixture

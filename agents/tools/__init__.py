@@ -18,7 +18,6 @@ from agents.tools.registry import (
     run_tool,
     tool,
     tool_names,
-    tool_timeout,
     unregister,
 )
 
@@ -35,7 +34,6 @@ __all__ = [
     "run_tool",
     "tool",
     "tool_names",
-    "tool_timeout",
     "unregister",
 ]
 

@@ -29,7 +29,7 @@ async def http_fetch(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     Redirects are followed, at most 5, each hop checked against the allowlist like the first URL.
     """
     url, method = _parse_args(args)
-    hosts = ctx.settings.http_fetch_hosts()
+    hosts = ctx.settings.http_fetch_hosts
     _check_url(url, hosts)
     for _ in range(MAX_REDIRECTS + 1):
         try:

@@ -14,7 +14,7 @@ import aiohttp
 
 from app import events
 from app.errors import SomaError
-from app.settings import Settings
+from app.settings import ToolSettings
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ Status = Literal["ok", "error", "timeout"]
 class ToolContext:
     """What every tool may use; built once per worker, so the HTTP connection pool is shared."""
 
-    settings: Settings
+    settings: ToolSettings
     http: aiohttp.ClientSession
 
 
@@ -112,11 +112,6 @@ def tool_names() -> list[str]:
     return sorted(_TOOLS)
 
 
-def tool_timeout(settings: Settings, name: str) -> float:
-    """Seconds tool ``name`` may run: its ``SOMA_TOOL_TIMEOUTS`` entry, else ``SOMA_TOOL_TIMEOUT_SECONDS``."""
-    return settings.tool_timeout_map().get(name, settings.tool_timeout_seconds)
-
-
 def _error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message[:MAX_MESSAGE_CHARS]}}
 
@@ -145,11 +140,11 @@ async def run_tool(
     if fn is None:
         return outcome("error", _error("unknown_tool", f"no tool named {name!r}; known: {', '.join(tool_names())}"))
 
-    seconds = tool_timeout(ctx.settings, name)
+    seconds = ctx.settings.timeout(name)
     call = ToolCall(session_id=session_id, tool_name=name, args=dict(args), metadata=dict(metadata))
     try:
         # a hung policy service must not hold the executor forever; it fails closed
-        async with asyncio.timeout(ctx.settings.tool_timeout_seconds):
+        async with asyncio.timeout(ctx.settings.timeout_seconds):
             decision = await policy(call)
     except Exception as exc:
         log.warning("policy check of tool %s failed: %s", name, _describe(exc))
