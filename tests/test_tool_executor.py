@@ -105,7 +105,7 @@ async def test_each_built_in_tool_round_trips_through_kafka_and_postgres(
     for request in requests:
         result = results[request["event_id"]]
         assert result["event_id"] == result_id(request["event_id"])
-        assert result["tool_name"] == request["tool_name"] and result["execution_time"] >= 0
+        assert result["tool_name"] == request["tool_name"]
 
     # requests and results are all events of the session, with one gap-free sequence
     session = query(
