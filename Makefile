@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv stack-up stack-down stack-status migrate run test test-unit lint typecheck schema-drift bench bench-quick bench-tables clean
+.PHONY: help venv tools stack-up stack-down stack-status migrate run test test-unit lint typecheck schema-drift bench bench-quick bench-tables clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -18,6 +18,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
+
+tools: venv ## build the Go servers the tests need (OPA), once per machine, into the cache folder
+	$(PY) -m deploy.localstack tools
 
 stack-up: venv ## start (or reuse) Kafka, Redis and PostgreSQL, installing what is missing
 	$(PY) -m deploy.localstack up
@@ -48,7 +51,7 @@ schema-drift: venv ## compare schemas with the released version
 # a test file runs whole in one process (its module's worker is shared by its tests)
 TEST_PROCESSES ?= 2
 
-test: lint typecheck schema-drift migrate ## quality gates, then the whole suite against the real servers
+test: lint typecheck schema-drift tools migrate ## quality gates, then the whole suite against the real servers
 	$(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadfile
 
 test-unit: venv ## the tests that need no server (settings, schemas, sequencing...), in seconds

@@ -82,6 +82,12 @@ async def retry_transient(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         try:
             return await attempt()
         except TRANSIENT as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # the caller was cancelled mid-attempt and the library turned it into another error (aiopg
+                # closes a connection whose query is cancelled, and releasing it then raises InterfaceError):
+                # the cancellation wins, or a stream told to end would go on reading
+                raise asyncio.CancelledError(f"{what}: cancelled") from exc
             failures += 1
             delay = next(delays)
             # the first failure and then every tenth are logged: an outage must not flood the log

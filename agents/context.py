@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from app.policy import Policy
 from app.publish import send_event
 from app.resources import Resources
 from app.settings import AgentSettings, ToolSettings
@@ -30,6 +31,8 @@ class AgentContext:
     storage_lag: StorageLag  # told which offsets are stored
     topics: Topics  # the dead-letter topics
     send: Send  # the worker's producer (the tool executor's results)
+    policy: Policy  # OPA (asked before a tool runs when SOMA_OPA_URL is set)
+    tool_decision_path: str
 
 
 def agent_context(app: SomaApp) -> AgentContext:
@@ -41,4 +44,6 @@ def agent_context(app: SomaApp) -> AgentContext:
         storage_lag=app.storage_lag,
         topics=app.session_topics,
         send=functools.partial(send_event, app),
+        policy=app.policy,
+        tool_decision_path=app.settings.opa_tool_decision_path,
     )

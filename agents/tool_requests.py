@@ -20,7 +20,7 @@ from faust.types import StreamT
 from agents.boundary import retry_transient
 from agents.context import AgentContext, agent_context
 from agents.pipeline import Kind, consume
-from agents.tools import PolicyHook, ToolContext, ToolOutcome, allow_all, run_tool
+from agents.tools import PolicyDecision, PolicyHook, ToolCall, ToolContext, ToolOutcome, allow_all, run_tool
 from app import app, events
 from app.repository import BatchResult, Incoming, stored_ids
 from app.topics import TOOL_REQUESTS, TOOL_RESULTS
@@ -28,8 +28,6 @@ from tables.tool_runs import mark_started, started
 
 # results are named by uuid5(request event_id) in this namespace
 RESULT_NAMESPACE = uuid.UUID("6f1d1c52-0d0e-4a6e-9f3e-5b8e2c1a7d40")
-# the real OPA check replaces this hook (see "Security")
-policy: PolicyHook = allow_all
 
 
 def result_id(request_event_id: str) -> str:
@@ -77,11 +75,40 @@ async def execute(ctx: AgentContext, request: dict[str, Any]) -> None:
         request["tool_name"],
         dict(request["args"]),
         ToolContext(settings=ctx.tools, http=ctx.resources.http()),
-        policy,
+        opa_hook(ctx) if ctx.policy.enabled else allow_all,
         session_id=request["session_id"],
         metadata=request.get("metadata") or {},
     )
     await answer(ctx, request, outcome)
+
+
+def opa_hook(ctx: AgentContext) -> PolicyHook:
+    """The tool decision of OPA: its input is the tool, its args, the session and the request's claims.
+
+    The claims are those the service merged into the request's metadata from the caller's token (tenant,
+    subject, issuer, scope); a request produced straight to Kafka carries what its producer wrote.
+    """
+
+    async def decide(call: ToolCall) -> PolicyDecision:
+        md = call.metadata
+        claims = {
+            "tenant": md.get("tenant"),
+            "sub": md.get("subject"),
+            "iss": md.get("issuer"),
+            "scope": md.get("scope"),
+        }
+        document = {
+            "tool": {"name": call.tool_name, "args": dict(call.args)},
+            "session_id": call.session_id,
+            "claims": {name: value for name, value in claims.items() if value is not None},
+        }
+        decision = await ctx.policy.decide(ctx.tool_decision_path, document)
+        reason = (
+            decision.reason if decision.decision_id is None else f"{decision.reason} (decision {decision.decision_id})"
+        )
+        return PolicyDecision(allowed=decision.allowed, reason=reason)
+
+    return decide
 
 
 async def answer(ctx: AgentContext, request: dict[str, Any], outcome: ToolOutcome) -> None:

@@ -28,6 +28,9 @@ CODES: dict[str, ErrorCode] = {
     "malformed_http": ErrorCode(400, "the request is not valid HTTP/1.1"),
     "session_mismatch": ErrorCode(400, "a frame names another session than its stream's", websocket_only=True),
     "binary_not_supported": ErrorCode(400, "a binary WebSocket frame; the stream speaks JSON text", True),
+    "unauthenticated": ErrorCode(401, "no bearer token, stream ticket or cookie was sent (WWW-Authenticate)"),
+    "invalid_token": ErrorCode(401, "the token or ticket was refused: bad signature, expired, wrong aud/iss..."),
+    "policy_denied": ErrorCode(403, "the policy (OPA) did not allow it: denied, undefined, or OPA unreachable"),
     "not_found": ErrorCode(404, "no such path"),
     "session_not_found": ErrorCode(404, "no such session"),
     "method_not_allowed": ErrorCode(405, "the path does not take this method (see Allow)"),
@@ -47,6 +50,7 @@ CODES: dict[str, ErrorCode] = {
     "idempotency_unavailable": ErrorCode(503, "idempotency records (Redis) are unavailable; retry"),
     "storage_unavailable": ErrorCode(503, "PostgreSQL did not answer within SOMA_READ_DEADLINE_SECONDS; retry"),
     "too_many_connections": ErrorCode(503, "every connection slot is busy; retry after Retry-After"),
+    "auth_unavailable": ErrorCode(503, "stream tickets (Redis) cannot be checked; retry"),
     "feed_unavailable": ErrorCode(503, "a stream could not subscribe to the session feed (Redis); retry"),
 }
 

@@ -17,10 +17,13 @@ from mode.utils.objects import cached_property
 from mode.utils.queues import FlowControlEvent
 
 from app import diagnostics, retry
+from app.auth import Authenticator
+from app.policy import Policy
 from app.producer import IdempotentProducer
 from app.resources import Resources
 from app.settings import Settings
 from app.storage_lag import StorageLag
+from app.tickets import Tickets
 from app.topics import Topics
 from app.transport import ResumeKeepingFlowControl, SomaTransport
 
@@ -62,6 +65,11 @@ class SomaApp(faust.App):
         self.settings = settings
         self.resources = Resources(settings)
         self.storage_lag = StorageLag(settings, self.resources.redis)
+        self.auth = Authenticator(settings.auth(), self.resources.http)
+        self.tickets = Tickets(settings.auth(), self.resources.redis)
+        self.policy = Policy(
+            settings.opa_url, settings.opa_timeout_seconds, settings.opa_cache_seconds, self.resources.http
+        )
         self.session_topics = Topics(self)
 
     def on_init_dependencies(self) -> Iterable[ServiceT]:
@@ -95,6 +103,12 @@ class SomaApp(faust.App):
     async def on_started(self) -> None:
         await super().on_started()
         diagnostics.install(self.loop)
+        if not self.settings.auth_required:
+            log.warning(
+                "authentication is OFF (SOMA_AUTH_REQUIRED=0): anyone who reaches port %d can read and post "
+                "every session; see docs/configuration.md, Authentication",
+                self.settings.web_port,
+            )
         self.add_future(self._declare_topics())
 
     async def _declare_topics(self) -> None:

@@ -51,7 +51,7 @@ ORDER BY v.session_id
 ON CONFLICT (session_id) DO UPDATE SET
     last_seq   = e.last_seq + EXCLUDED.last_seq,
     persona_id = COALESCE(EXCLUDED.persona_id, e.persona_id),
-    tenant     = COALESCE(EXCLUDED.tenant, e.tenant),
+    tenant     = COALESCE(e.tenant, EXCLUDED.tenant),  -- a session's tenant never changes once set
     subject    = COALESCE(EXCLUDED.subject, e.subject),
     issuer     = COALESCE(EXCLUDED.issuer, e.issuer),
     scope      = COALESCE(EXCLUDED.scope, e.scope),
@@ -280,6 +280,26 @@ async def stored_event(pool: aiopg.Pool, event_id: str) -> dict[str, Any] | None
         await cur.execute("SELECT payload FROM session_events WHERE event_id = %s", (event_id,))
         row = await cur.fetchone()
         return None if row is None else dict(row[0])
+
+
+# a session belongs to the first tenant that claims it (a POST, a stream, a ticket) or stores an event in it
+_CLAIM = """
+INSERT INTO session_envelopes AS e (session_id, tenant) VALUES (%s, %s)
+ON CONFLICT (session_id) DO UPDATE SET tenant = COALESCE(e.tenant, EXCLUDED.tenant)
+RETURNING e.tenant
+"""
+
+
+async def claim_session(pool: aiopg.Pool, session_id: str, tenant: str) -> str:
+    """The session's tenant: ``tenant`` if the session had none (an empty envelope is made if need be)."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        # read first: a claimed session (the usual case) costs no row lock against the store's writes
+        await cur.execute("SELECT tenant FROM session_envelopes WHERE session_id = %s", (session_id,))
+        row = await cur.fetchone()
+        if row is None or row[0] is None:
+            await cur.execute(_CLAIM, (session_id, tenant))
+            row = await cur.fetchone()
+        return str(row[0])
 
 
 async def head_seq(pool: aiopg.Pool, session_id: str) -> int:

@@ -57,6 +57,28 @@ class ToolSettings:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    """The slice of the settings authentication uses (app/auth.py, views/tickets.py)."""
+
+    required: bool
+    jwt_secret: str = field(repr=False)
+    jwt_public_key: str = field(repr=False)
+    jwks_url: str
+    algorithms: tuple[str, ...]
+    audience: str
+    issuer: str
+    leeway_seconds: float
+    tenant_claims: tuple[str, ...]
+    jwks_cache_seconds: float
+    jwks_min_refetch_seconds: float
+    jwks_timeout_seconds: float
+    max_token_bytes: int
+    ticket_ttl_seconds: int
+    cookie: str
+    redis_prefix: str
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting of the service and of its local stack; ``docs/configuration.md`` lists them."""
 
@@ -129,6 +151,35 @@ class Settings:
     tool_timeouts: str = ""
     http_fetch_allowlist: str = ""
     http_fetch_max_bytes: int = 131_072
+    # authentication (app/auth.py): off by default for the local tour (the worker says so at start-up); on,
+    # every /v1 endpoint and stream needs a JWT verified with exactly one of a shared secret (HS*), a PEM
+    # public key (RS*/ES*/PS*/EdDSA; the PEM itself or a file's path) or a JWKS URL
+    auth_required: bool = False
+    jwt_secret: str = field(default="", repr=False)
+    jwt_public_key: str = field(default="", repr=False)
+    jwks_url: str = ""
+    # allowed algorithms, of the key's family only; empty: HS256 for a secret, RS256,ES256 for public keys
+    jwt_algorithms: str = ""
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    jwt_leeway_seconds: float = 10.0
+    # the first of these claims a token carries is its tenant (a token with none is refused)
+    jwt_tenant_claims: str = "tenant,org,customer"
+    jwks_cache_seconds: float = 300.0
+    jwks_min_refetch_seconds: float = 30.0
+    jwks_timeout_seconds: float = 2.0
+    jwt_max_bytes: int = 6_144
+    # single-use stream tickets (POST /v1/stream-tickets) for EventSource and browsers' WebSockets
+    stream_ticket_ttl_seconds: int = 30
+    # a token in this cookie authenticates SSE streams (EventSource cannot send headers)
+    auth_cookie: str = "soma_token"
+    # authorization by OPA (app/policy.py): off when the URL is empty; its decision paths for API requests and
+    # for tools; a decision not made within the timeout denies; decisions remembered this long per input
+    opa_url: str = ""
+    opa_decision_path: str = "somastack/allow"
+    opa_tool_decision_path: str = "somastack/tool_allow"
+    opa_timeout_seconds: float = 1.0
+    opa_cache_seconds: float = 5.0
     # the local stack (deploy/stack.py): where its data, logs and downloaded jars live
     stack_dir: Path = ROOT / ".stack"
     cache_dir: Path = Path.home() / ".cache" / "somaagent01"
@@ -194,6 +245,7 @@ class Settings:
             raise SettingsError(
                 "SOMA_MAX_EVENT_BYTES, SOMA_TOOL_TIMEOUT_SECONDS and SOMA_HTTP_FETCH_MAX_BYTES are too small"
             )
+        self._validate_auth()
         if self.stream_recovery_max < 1 or self.stream_queue_max < 1 or self.ws_max_message_bytes < 1024:
             raise SettingsError(
                 "SOMA_STREAM_RECOVERY_MAX, SOMA_STREAM_QUEUE_MAX and SOMA_WS_MAX_MESSAGE_BYTES too small"
@@ -243,6 +295,37 @@ class Settings:
             redis_prefix=self.redis_prefix,
         )
 
+    def auth(self) -> AuthSettings:
+        """Authentication's slice; a PEM given as a file's path is read here, once."""
+        public_key = self.jwt_public_key
+        if public_key and not public_key.lstrip().startswith("-----BEGIN"):
+            public_key = Path(public_key).expanduser().read_text()
+        return AuthSettings(
+            required=self.auth_required,
+            jwt_secret=self.jwt_secret,
+            jwt_public_key=public_key,
+            jwks_url=self.jwks_url,
+            algorithms=self.jwt_algorithm_list(),
+            audience=self.jwt_audience,
+            issuer=self.jwt_issuer,
+            leeway_seconds=self.jwt_leeway_seconds,
+            tenant_claims=tuple(c.strip() for c in self.jwt_tenant_claims.split(",") if c.strip()),
+            jwks_cache_seconds=self.jwks_cache_seconds,
+            jwks_min_refetch_seconds=self.jwks_min_refetch_seconds,
+            jwks_timeout_seconds=self.jwks_timeout_seconds,
+            max_token_bytes=self.jwt_max_bytes,
+            ticket_ttl_seconds=self.stream_ticket_ttl_seconds,
+            cookie=self.auth_cookie,
+            redis_prefix=self.redis_prefix,
+        )
+
+    def jwt_algorithm_list(self) -> tuple[str, ...]:
+        """The allowed algorithms: ``SOMA_JWT_ALGORITHMS``, else the key family's default."""
+        given = tuple(a.strip() for a in self.jwt_algorithms.split(",") if a.strip())
+        if given:
+            return given
+        return ("HS256",) if self.jwt_secret else ("RS256", "ES256")
+
     def tools(self) -> ToolSettings:
         """The tool executor's slice."""
         return ToolSettings(
@@ -252,6 +335,42 @@ class Settings:
             http_fetch_max_bytes=self.http_fetch_max_bytes,
             max_event_bytes=self.max_event_bytes,
         )
+
+    def _validate_auth(self) -> None:
+        """One key family, its own algorithms only, a bounded leeway (RFC 8725)."""
+        keys = [name for name, value in (("SOMA_JWT_SECRET", self.jwt_secret), ("SOMA_JWT_PUBLIC_KEY",
+                self.jwt_public_key), ("SOMA_JWKS_URL", self.jwks_url)) if value]  # fmt: skip
+        if len(keys) > 1:
+            raise SettingsError(f"set one key source, not {' and '.join(keys)}: one verifier per key family")
+        if self.auth_required and not keys:
+            raise SettingsError("SOMA_AUTH_REQUIRED needs SOMA_JWT_SECRET, SOMA_JWT_PUBLIC_KEY or SOMA_JWKS_URL")
+        symmetric = {"HS256", "HS384", "HS512"}
+        asymmetric = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+        family = symmetric if self.jwt_secret else asymmetric
+        wrong = [a for a in self.jwt_algorithm_list() if a not in family]
+        if wrong:
+            kind = "a shared secret" if self.jwt_secret else "public keys"
+            raise SettingsError(f"SOMA_JWT_ALGORITHMS {', '.join(wrong)} cannot be verified with {kind}")
+        if self.jwt_secret and len(self.jwt_secret.encode()) < 32:
+            raise SettingsError("SOMA_JWT_SECRET must be at least 32 bytes (RFC 7518 3.2)")
+        if not 0 <= self.jwt_leeway_seconds <= 60:
+            raise SettingsError("SOMA_JWT_LEEWAY_SECONDS must be within 0..60")
+        if self.opa_url and not self.opa_url.startswith(("https://", "http://")):
+            raise SettingsError("SOMA_OPA_URL must be an http(s) URL")
+        if self.opa_timeout_seconds <= 0 or self.opa_cache_seconds < 0:
+            raise SettingsError("SOMA_OPA_TIMEOUT_SECONDS must be positive and SOMA_OPA_CACHE_SECONDS >= 0")
+        if self.jwks_url and not self.jwks_url.startswith(("https://", "http://")):
+            raise SettingsError("SOMA_JWKS_URL must be an http(s) URL")
+        if not [c for c in self.jwt_tenant_claims.split(",") if c.strip()]:
+            raise SettingsError("SOMA_JWT_TENANT_CLAIMS must name at least one claim")
+        if (
+            self.jwks_cache_seconds <= 0
+            or self.jwks_min_refetch_seconds < 0
+            or self.jwks_timeout_seconds <= 0
+            or self.jwt_max_bytes < 256
+            or not 1 <= self.stream_ticket_ttl_seconds <= 300
+        ):
+            raise SettingsError("JWKS timings must be positive, SOMA_JWT_MAX_BYTES >= 256, ticket TTL 1..300 s")
 
     def topic(self, name: str) -> str:
         """The real topic name of a logical topic (tests give each run its own prefix)."""

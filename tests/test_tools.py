@@ -270,7 +270,7 @@ async def test_policy_deny_does_not_run_the_tool(ctx: ToolContext, test_tools: l
         return PolicyDecision(allowed=False, reason="not for this session")
 
     outcome = await call("test_recorder", {"a": 1}, ctx, policy=deny)
-    assert error_code(outcome) == "policy_denied"
+    assert outcome.status == "blocked" and outcome.payload["error"]["code"] == "policy_denied"
     assert outcome.payload["error"]["message"] == "not for this session"
     assert test_tools == []
     assert seen == [ToolCall(session_id="s1", tool_name="test_recorder", args={"a": 1}, metadata={"trace": "t1"})]
@@ -286,7 +286,7 @@ async def test_failing_policy_fails_closed(ctx: ToolContext, test_tools: list[di
         raise ConnectionError("opa unreachable")
 
     outcome = await call("test_recorder", {}, ctx, policy=broken)
-    assert error_code(outcome) == "policy_failed"
+    assert outcome.status == "blocked" and outcome.payload["error"]["code"] == "policy_failed"
     assert "opa unreachable" in outcome.payload["error"]["message"]
     assert test_tools == []
 

@@ -61,3 +61,10 @@ IDEMPOTENCY_HEADER = {
     "description": "a retried request with the same key gets the first answer and enqueues nothing",
     "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
 }
+TICKET_PARAM = {
+    "name": "ticket",
+    "in": "query",
+    "required": False,
+    "description": "a single-use stream ticket (POST /v1/stream-tickets) instead of the Authorization header",
+    "schema": {"type": "string", "minLength": 16, "maxLength": 128},
+}

@@ -13,7 +13,8 @@ from aiohttp import web
 from faust.web import Request, Response, View
 
 from agents.boundary import retry_transient
-from app import events
+from app import events, policy
+from app.auth import ANONYMOUS, Principal
 from app.errors import (
     ApiError,
     BodyTimeout,
@@ -24,12 +25,14 @@ from app.errors import (
     StorageUnavailable,
     UnsupportedMediaType,
 )
+from views import credentials
 
 if TYPE_CHECKING:
     from app.faust_app import SomaApp
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+PRINCIPAL = "soma.principal"  # the request's key of its caller
 
 
 class ApiView(View):
@@ -37,26 +40,63 @@ class ApiView(View):
 
     Each view declares ``openapi``: its operations per HTTP method, as the OpenAPI document lists them
     (views/openapi.py assembles the document from the routed views), or None for a page for people.
+
+    Every view authenticates its caller (views/credentials.py) before its handler runs, unless it is
+    ``public`` (health, the OpenAPI document, the console's files); a stream view also takes a stream ticket
+    or the auth cookie. The handler finds the caller with :func:`principal`.
     """
 
     openapi: ClassVar[dict[str, dict[str, Any]] | None]  # views/api_doc.Operations
+    public: ClassVar[bool] = False
+    stream: ClassVar[bool] = False  # a ticket (?ticket=) or the auth cookie is accepted too
 
     async def dispatch(self, request: Any) -> Any:
         try:
+            if not self.public:
+                app = cast("SomaApp", self.app)
+                caller = request[PRINCIPAL] = await credentials.authenticate(app, request, stream=self.stream)
+                if app.policy.enabled:
+                    await self.authorize(app, request, caller)
             return await super().dispatch(request)
         except ApiError as exc:
             return self.error_response(exc)
         except web.HTTPRequestEntityTooLarge as exc:
             return self.error_response(PayloadTooLarge(f"request body exceeds {exc.text or 'the limit'}"))
 
+    async def authorize(self, app: SomaApp, request: Any, caller: Principal) -> None:
+        """Ask OPA (``SOMA_OPA_DECISION_PATH``); anything but an allow is 403 ``policy_denied``.
+
+        A POST's JSON body is its input's ``payload`` (read here, within the body timeout; the handler reads
+        the same bytes again from aiohttp's buffer).
+        """
+        payload = None
+        if request.method == "POST":
+            payload = await read_json(request, app.settings.http_body_timeout_seconds)
+        claims = caller.policy_claims()
+        document = policy.request_input(request.method, request.path, request.headers, payload, claims)
+        decision = await app.policy.decide(app.settings.opa_decision_path, document)
+        if not decision.allowed:
+            suffix = f" (decision {decision.decision_id})" if decision.decision_id else ""
+            raise policy.PolicyDenied(f"{decision.reason}{suffix}")
+
     def error_response(self, exc: ApiError, **extra: Any) -> Response:
         body = exc.body()
         body["error"].update(extra)
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
+        if exc.status == 401:
+            # RFC 6750 3: what a client must send; error="invalid_token" when the one it sent was refused
+            refused = ', error="invalid_token"' if exc.code == "invalid_token" else ""
+            headers["WWW-Authenticate"] = f'Bearer realm="somaagent01"{refused}'
         response = self.json(body, status=exc.status, headers=headers)
         if exc.close_connection:
             cast(web.Response, response).force_close()
         return response
+
+
+def principal(request: Any) -> Principal:
+    """The caller of an authenticated view's request (ANONYMOUS with authentication off)."""
+    found: Principal = request.get(PRINCIPAL, ANONYMOUS)
+    return found
 
 
 async def read_json(request: Request, within: float) -> Any:

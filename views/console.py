@@ -47,6 +47,7 @@ def _serve(view: ApiView, asset: Asset) -> Response:
 
 @app.page("/")
 class Console(ApiView):
+    public = True
     openapi: ClassVar[Operations] = None  # a page for people, not part of the API
 
     async def get(self, request: Request) -> Response:
@@ -55,6 +56,7 @@ class Console(ApiView):
 
 @app.page("/static/{name}")
 class ConsoleAsset(ApiView):
+    public = True
     openapi: ClassVar[Operations] = None  # the console's files
 
     async def get(self, request: Request, name: str) -> Response:

@@ -49,6 +49,7 @@ async def _run(check: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]
 
 @app.page("/health")
 class Health(ApiView):
+    public = True
     openapi: ClassVar[Operations] = {
         "get": {
             "summary": "Kafka, Redis and Postgres checked for real",

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
 
+from app.auth import Principal
 from app.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -31,13 +32,18 @@ def fingerprint(method: str, path: str, body: Any) -> str:
 
 
 async def once(
-    app: SomaApp, key: str, print_: str, make: Callable[[], Awaitable[tuple[int, dict[str, Any]]]]
+    app: SomaApp, caller: Principal, key: str, print_: str, make: Callable[[], Awaitable[tuple[int, dict[str, Any]]]]
 ) -> tuple[int, dict[str, Any]]:
-    """The stored answer for ``key``, or ``make()``'s, stored for ``SOMA_IDEMPOTENCY_TTL_SECONDS``."""
+    """The stored answer for the caller's ``key``, or ``make()``'s, stored for ``SOMA_IDEMPOTENCY_TTL_SECONDS``.
+
+    Keys are the caller's own (tenant and subject): two callers using one key never see each other's answer.
+    """
     if not KEY.fullmatch(key):
         raise ApiError("Idempotency-Key must be 1-255 visible ASCII characters", code="invalid_idempotency_key")
     client = app.resources.redis
-    name = f"{app.settings.redis_prefix}idempotency:{key}"
+    owner = caller.caller()
+    scope = hashlib.sha256(owner.encode()).hexdigest()[:32] + ":" if owner else ""
+    name = f"{app.settings.redis_prefix}idempotency:{scope}{key}"
     ttl = app.settings.idempotency_ttl_seconds
     # a worker that dies mid-request must not block the key for a day: the reservation outlives only the
     # longest a request can take (two publish timeouts)

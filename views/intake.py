@@ -6,11 +6,13 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from app import events, schemas
+from app.auth import Principal
 from app.errors import ApiError, EventInvalid
 from app.publish import publish
 from app.repository import stored_event
 from app.topics import CONVERSATION_INBOUND
 from views.base import bounded_read, invalid
+from views.ownership import owners
 
 if TYPE_CHECKING:
     from app.faust_app import SomaApp
@@ -69,13 +71,26 @@ def action_message(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def accept_message(app: SomaApp, request: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
-    """Publish a validated ``message_request`` as a ``user.message``; the answer once the broker acked it."""
+async def accept_message(
+    app: SomaApp, request: dict[str, Any], caller: Principal, idempotency_key: str | None = None
+) -> dict[str, Any]:
+    """Publish a validated ``message_request`` as a ``user.message``; the answer once the broker acked it.
+
+    The caller's claims (tenant, subject, issuer, scope) are merged into the event's metadata over what the
+    client sent; a session of another tenant is 404. An Idempotency-Key is the caller's own: the ids it
+    yields depend on the tenant and subject too, so two callers' keys never meet.
+    """
     event = events.user_message(request)
+    claims = caller.metadata()
+    if claims:
+        event["metadata"] = {**event["metadata"], **claims}
     if idempotency_key is not None:
-        event["event_id"] = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, "event:" + idempotency_key))
+        scoped = caller.caller() + "\x1e" + idempotency_key if caller.caller() else idempotency_key
+        event["event_id"] = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, "event:" + scoped))
         if not request.get("session_id"):
-            event["session_id"] = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, "session:" + idempotency_key))
+            event["session_id"] = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, "session:" + scoped))
+    await _claim(caller, event["session_id"], chosen_by_client=bool(request.get("session_id")))
+    if idempotency_key is not None:
         # the key's earlier event, if its Redis record expired: unchecked, a reused key could publish an event
         # that the store then drops as a duplicate
         event_id = event["event_id"]
@@ -84,6 +99,16 @@ async def accept_message(app: SomaApp, request: dict[str, Any], idempotency_key:
             return _earlier_answer(earlier, event)
     await publish(app, CONVERSATION_INBOUND, event, "conversation_event")
     return {"session_id": event["session_id"], "event_id": event["event_id"]}
+
+
+async def _claim(caller: Principal, session_id: str, *, chosen_by_client: bool) -> None:
+    """404 for another tenant's session; a session id the server made (a random or key-derived UUID) is new."""
+    if caller.tenant is None:
+        return
+    if chosen_by_client:
+        await owners.claim(caller, session_id)
+    else:
+        owners.remember(session_id, caller.tenant)
 
 
 # what a client sent, compared between an event stored under a key and a new request with that key

@@ -8,20 +8,21 @@ from faust.web import Request, Response
 
 from app import app
 from views.api_doc import IDEMPOTENCY_HEADER, Operations, errors, json_answer
-from views.base import ApiView, read_json
+from views.base import ApiView, principal, read_json
 from views.idempotency import fingerprint, once
 from views.intake import accept_message, action_message, validated
 
 
 async def _answer(view: ApiView, request: Request, message: dict[str, Any], body: Any) -> Response:
     key = request.headers.get("Idempotency-Key")
+    caller = principal(request)
     if key is None:
-        return view.json(await accept_message(app, message), status=202)
+        return view.json(await accept_message(app, message, caller), status=202)
 
     async def make() -> tuple[int, dict[str, Any]]:
-        return 202, await accept_message(app, message, idempotency_key=key)
+        return 202, await accept_message(app, message, caller, idempotency_key=key)
 
-    status, answer = await once(app, key, fingerprint(request.method, request.url.path, body), make)
+    status, answer = await once(app, caller, key, fingerprint(request.method, request.url.path, body), make)
     return view.json(answer, status=status)
 
 
@@ -37,7 +38,7 @@ def _post(summary: str, schema: str) -> Operations:
             },
             "responses": {
                 "202": json_answer("Accepted", "accepted: the broker has the event"),
-                **errors("400", "408", "409", "413", "415", "422", "503"),
+                **errors("400", "401", "404", "408", "409", "413", "415", "422", "503"),
             },
         }
     }

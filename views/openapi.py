@@ -54,6 +54,12 @@ def paths() -> dict[str, dict[str, Operation]]:
         operations = getattr(view, "openapi", None)
         if operations is not None:
             found[path] = copy.deepcopy(operations)
+            if not getattr(view, "public", False):
+                for operation in found[path].values():
+                    # every API view authenticates its caller (views/base.py) when authentication is on, and
+                    # asks the policy when OPA is on
+                    operation["security"] = [{"bearer": []}]
+                    operation["responses"].update(errors("401", "403"))
     return found
 
 
@@ -72,6 +78,15 @@ def _document() -> dict[str, Any]:
         "info": {"title": "SomaAgent 01 event backbone", "version": "1"},
         "paths": paths(),
         "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "required when SOMA_AUTH_REQUIRED is on; streams also take ?ticket= "
+                    "(POST /v1/stream-tickets) and SSE the auth cookie",
+                }
+            },
             "schemas": {
                 **{name: _component(name) for name in schemas.SCHEMAS},
                 "Error": {
@@ -83,6 +98,21 @@ def _document() -> dict[str, Any]:
                             "required": ["code", "message"],
                             "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
                         }
+                    },
+                },
+                "TicketRequest": {
+                    "type": "object",
+                    "required": ["session_id"],
+                    "properties": {"session_id": {"$ref": "#/components/schemas/conversation_event/$defs/session_id"}},
+                },
+                "Ticket": {
+                    "type": "object",
+                    "required": ["ticket", "session_id", "expires_in"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "ticket": {"type": "string"},
+                        "session_id": {"type": "string"},
+                        "expires_in": {"type": "integer", "minimum": 1},
                     },
                 },
                 "Accepted": {
@@ -133,7 +163,7 @@ def _document() -> dict[str, Any]:
                         "failing": {"type": "array", "items": {"type": "string"}},
                     },
                 },
-            }
+            },
         },
     }
 
@@ -143,6 +173,7 @@ _document_bytes: bytes | None = None
 
 @app.page("/openapi.json")
 class OpenApi(ApiView):
+    public = True
     openapi: ClassVar[Operations] = {
         "get": {
             "summary": "This document",

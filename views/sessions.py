@@ -10,12 +10,14 @@ from faust.web import Request, Response
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
 from app import app
+from app.auth import Principal
 from app.errors import ApiError, StorageUnavailable
 from app.repository import envelope, events_after, head_seq
 from tables.sessions import stored_state
 from views import connections, http_errors, sse, websocket
-from views.api_doc import AFTER_PARAM, SESSION_PARAM, Operations, errors, json_answer
-from views.base import ApiView, bounded_read
+from views.api_doc import AFTER_PARAM, SESSION_PARAM, TICKET_PARAM, Operations, errors, json_answer
+from views.base import ApiView, bounded_read, principal
+from views.ownership import Owners, owners
 from views.params import integer, resume_position
 from views.params import session_id as checked_session_id
 
@@ -24,19 +26,16 @@ log = logging.getLogger(__name__)
 MAX_PAGE = 1_000
 
 
-class SessionNotFound(ApiError):
-    code = "session_not_found"
-
-
-async def _envelope(sid: str) -> dict[str, Any]:
+async def _envelope(caller: Principal, sid: str) -> dict[str, Any]:
+    """The caller's session's envelope; 404 if there is none or it is another tenant's."""
     found = await bounded_read(app, f"envelope {sid}", lambda pool: envelope(pool, sid))
-    if found is None:
-        raise SessionNotFound(f"no session {sid}")
-    return found
+    return Owners.check(caller, found, sid)
 
 
-async def _store_answers(sid: str) -> None:
-    """Before a stream is opened (and can no longer answer with a status): PostgreSQL answers."""
+async def _may_stream(caller: Principal, sid: str) -> None:
+    """Before a stream is opened (and can no longer answer with a status): the session is the caller's (a new
+    one becomes the caller's), and PostgreSQL answers."""
+    await owners.claim(caller, sid)
     await bounded_read(app, f"head of {sid}", lambda pool: head_seq(pool, sid))
 
 
@@ -57,8 +56,9 @@ class SessionEnvelope(ApiView):
     async def get(self, request: Request, session_id: str) -> Response:
         """The envelope from PostgreSQL; while it does not answer, the session table's copy, marked ``stale``."""
         sid = checked_session_id(session_id)
+        caller = principal(request)
         try:
-            return self.json(await _envelope(sid))
+            return self.json(await _envelope(caller, sid))
         except StorageUnavailable:
             try:
                 copy = await stored_state(sid)
@@ -67,17 +67,19 @@ class SessionEnvelope(ApiView):
                 copy = None
             if copy is None:
                 raise
-            return self.json({**copy, "stale": True})
+            return self.json({**Owners.check(caller, copy, sid), "stale": True})
 
 
 @app.page("/v1/session/{session_id}/events")
 class SessionEvents(ApiView):
+    stream = True  # SSE: a stream ticket or the auth cookie authenticates too
     openapi: ClassVar[Operations] = {
         "get": {
             "summary": "Stored events in seq order (JSON pages); with Accept: text/event-stream, SSE",
             "parameters": [
                 SESSION_PARAM,
                 AFTER_PARAM,
+                TICKET_PARAM,
                 {
                     "name": "limit",
                     "in": "query",
@@ -107,13 +109,14 @@ class SessionEvents(ApiView):
 
     async def get(self, request: Request, session_id: str) -> Any:
         sid = checked_session_id(session_id)
+        caller = principal(request)
         if wants_event_stream(request):
             position = resume_position(request.query, request.headers)
-            await _store_answers(sid)
+            await _may_stream(caller, sid)
             return await sse.serve(app, cast(web.Request, request), sid, position)
         after = integer(request.query, "after", 0, 0, 2**62)
         limit = integer(request.query, "limit", 100, 1, MAX_PAGE)
-        found = await _envelope(sid)
+        found = await _envelope(caller, sid)
         page = await bounded_read(app, f"events {sid}", lambda pool: events_after(pool, sid, after, limit))
         return self.json(
             {
@@ -128,13 +131,14 @@ class SessionEvents(ApiView):
 
 @app.page("/v1/session/{session_id}/stream")
 class SessionSocket(ApiView):
+    stream = True  # a stream ticket authenticates too
     openapi: ClassVar[Operations] = {
         "get": {
             "summary": "WebSocket stream of the session (events, then live; client messages in)",
-            "parameters": [SESSION_PARAM, AFTER_PARAM],
+            "parameters": [SESSION_PARAM, AFTER_PARAM, TICKET_PARAM],
             "responses": {
                 "101": {"description": "switching to WebSocket"},
-                **errors("400", "426", "503"),
+                **errors("400", "404", "426", "503"),
             },
         }
     }
@@ -144,7 +148,7 @@ class SessionSocket(ApiView):
         after = integer(request.query, "after", 0, 0, 2**62)
         if request.headers.get("Upgrade", "").lower() != "websocket":
             raise ApiError("this endpoint speaks WebSocket; send an Upgrade request", code="upgrade_required")
-        await _store_answers(sid)
+        await _may_stream(principal(request), sid)
         return await websocket.serve(app, cast(web.Request, request), sid, after)
 
 

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from app import events
 from app.feed_hub import FeedItem
+from views.base import principal
 from views.session_stream import SlowReader
 from views.stream_connection import StreamConnection
 
@@ -37,7 +38,7 @@ class SseConnection(StreamConnection):
     def __init__(
         self, app: SomaApp, request: web.Request, response: web.StreamResponse, session_id: str, after: int
     ) -> None:
-        super().__init__(app, request, session_id, after)
+        super().__init__(app, request, session_id, after, principal(request))
         self.response = response
 
     def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
@@ -45,6 +46,7 @@ class SseConnection(StreamConnection):
 
     async def _write(self, chunk: bytes) -> None:
         async with self._send_lock:
+            self.check_open()
             await self.response.write(chunk)
 
     async def _send_events(self) -> None:
@@ -88,6 +90,15 @@ class SseConnection(StreamConnection):
             self.request.transport.close()
 
     async def shutdown(self) -> None:
+        self.end()
+
+    async def expire(self) -> None:
+        # no id: the browser keeps its position; it must get a new token (or ticket) before it reconnects
+        reason = events.encode({"reason": "token_expired", "resume_after": self.stream.last_sent})
+        try:
+            await self._write(b"event: end\ndata: %s\n\n" % reason)
+        except (ConnectionResetError, RuntimeError) as exc:
+            log.debug("SSE stream of session %s: end not sent, the client went away (%r)", self.session_id, exc)
         self.end()
 
 

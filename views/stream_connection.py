@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
 
+from app.auth import ANONYMOUS, Principal
 from app.errors import ApiError
 from views.connections import registry
 from views.session_stream import SessionStream
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger(__name__)
+RECANCEL_SECONDS = 0.1
 
 
 class FeedUnavailable(ApiError):
@@ -35,9 +38,12 @@ class StreamConnection:
 
     transport = "stream"
 
-    def __init__(self, app: SomaApp, request: web.Request, session_id: str, after: int) -> None:
+    def __init__(
+        self, app: SomaApp, request: web.Request, session_id: str, after: int, caller: Principal = ANONYMOUS
+    ) -> None:
         self.app = app
         self.request = request
+        self.principal = caller  # its token's expiry ends the stream
         self.session_id = session_id
         self.settings = app.settings.streams
         self.stream = SessionStream(app.resources, self.settings, session_id, after)
@@ -50,6 +56,23 @@ class StreamConnection:
 
     def end(self) -> None:
         self._ended.set()
+
+    def check_open(self) -> None:
+        """Called before each write: nothing is written once the stream has ended (its tasks are ending)."""
+        if self._ended.is_set():
+            raise asyncio.CancelledError("the stream has ended")
+
+    async def expire(self) -> None:
+        """End the stream because the caller's token expired; a transport says so in its own way first."""
+        self.end()
+
+    async def _until_expiry(self) -> None:
+        expires_at = self.principal.expires_at
+        if expires_at is None:
+            await asyncio.Event().wait()  # authentication off: the stream never expires
+            return
+        await asyncio.sleep(max(0.0, expires_at - time.time()))
+        await self.expire()
 
     @contextlib.asynccontextmanager
     async def subscribed(self) -> AsyncIterator[None]:
@@ -73,7 +96,7 @@ class StreamConnection:
         registry.add(self)
         running = [
             asyncio.create_task(coro, name=f"{self.transport} {name} {self.session_id}")
-            for name, coro in self.tasks().items()
+            for name, coro in {**self.tasks(), "expiry": self._until_expiry()}.items()
         ]
         ended = asyncio.ensure_future(self._ended.wait())
         try:
@@ -82,13 +105,20 @@ class StreamConnection:
             for task in [*running, ended]:
                 task.cancel()
             for task in running:
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
-                except Exception:
+                while not task.done():
+                    # cancelled again until it ends: before Python 3.12, asyncio.wait_for (which aiopg awaits
+                    # queries with) can swallow a cancellation that meets its result, and the task reads on
+                    await asyncio.wait({task}, timeout=RECANCEL_SECONDS)
+                    task.cancel()
+                if not task.cancelled() and task.exception() is not None:
                     # a task's own failure ends the connection; it is never swallowed unsaid
-                    log.exception("%s stream of session %s: its %s failed", self.transport, self.session_id, task)
+                    log.error(
+                        "%s stream of session %s: its %s failed",
+                        self.transport,
+                        self.session_id,
+                        task.get_name(),
+                        exc_info=task.exception(),
+                    )
             with contextlib.suppress(asyncio.CancelledError):
                 await ended
             registry.remove(self)

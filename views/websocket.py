@@ -19,6 +19,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from app import events
 from app.errors import ApiError, error_body
 from app.feed_hub import FeedItem
+from views.base import principal
 from views.intake import accept_message, validated
 from views.session_stream import SlowReader
 from views.stream_connection import StreamConnection
@@ -54,7 +55,7 @@ class SocketConnection(StreamConnection):
     def __init__(
         self, app: SomaApp, request: web.Request, ws: web.WebSocketResponse, session_id: str, after: int
     ) -> None:
-        super().__init__(app, request, session_id, after)
+        super().__init__(app, request, session_id, after, principal(request))
         self.ws = ws
         self.stream.direct = self._write_now
 
@@ -71,10 +72,12 @@ class SocketConnection(StreamConnection):
 
     async def _send(self, frame: dict[str, Any]) -> None:
         async with self._send_lock:
+            self.check_open()
             await self.ws.send_frame(events.encode(frame), WSMsgType.TEXT)
 
     async def _send_item(self, item: FeedItem) -> None:
         async with self._send_lock:
+            self.check_open()
             await self.ws.send_frame(item.raw, WSMsgType.TEXT)
 
     def _write_now(self, item: FeedItem) -> bool:
@@ -127,7 +130,7 @@ class SocketConnection(StreamConnection):
                 body = {k: v for k, v in body.items() if k != "ref"}
                 if body.setdefault("session_id", self.session_id) != self.session_id:
                     raise ApiError("session_id differs from the stream's session", code="session_mismatch")
-            answer = await accept_message(self.app, validated("message_request", body))
+            answer = await accept_message(self.app, validated("message_request", body), self.principal)
         except ApiError as exc:
             await self._send({"type": "error", "ref": ref, **exc.body()["error"]})
             return
@@ -151,6 +154,9 @@ class SocketConnection(StreamConnection):
 
     async def shutdown(self) -> None:
         await self.close(WSCloseCode.GOING_AWAY, "server shutting down; resume with after")
+
+    async def expire(self) -> None:
+        await self.close(WSCloseCode.POLICY_VIOLATION, f"token expired; resume with after={self.stream.last_sent}")
 
 
 async def serve(app: SomaApp, request: web.Request, session_id: str, after: int) -> web.WebSocketResponse:

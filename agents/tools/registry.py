@@ -23,7 +23,7 @@ NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 # exception text ends up in a Kafka event; a huge message (a repr of a big object) must not bloat it
 MAX_MESSAGE_CHARS = 1000
 
-Status = Literal["ok", "error", "timeout"]
+Status = Literal["ok", "error", "timeout", "blocked"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ PolicyHook = Callable[[ToolCall], Awaitable[PolicyDecision]]
 
 
 async def allow_all(call: ToolCall) -> PolicyDecision:
-    """The default policy until the OPA check is plugged in: everything is allowed."""
+    """The policy without OPA (``SOMA_OPA_URL`` unset): everything is allowed."""
     return PolicyDecision(allowed=True, reason="allow_all")
 
 
@@ -148,9 +148,9 @@ async def run_tool(
             decision = await policy(call)
     except Exception as exc:
         log.warning("policy check of tool %s failed: %s", name, _describe(exc))
-        return outcome("error", _error("policy_failed", f"policy check failed: {_describe(exc)}"))
+        return outcome("blocked", _error("policy_failed", f"policy check failed: {_describe(exc)}"))
     if not decision.allowed:
-        return outcome("error", _error("policy_denied", decision.reason or f"tool {name!r} is not allowed"))
+        return outcome("blocked", _error("policy_denied", decision.reason or f"tool {name!r} is not allowed"))
 
     deadline = asyncio.timeout(seconds)
     try:

@@ -5,23 +5,47 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from urllib.parse import urlsplit
 
 from app.settings import Settings
 from deploy.localstack.base import Component, StackError
+from deploy.localstack.go_tools import TOOLS
 from deploy.localstack.kafka_broker import KafkaBroker
+from deploy.localstack.opa_server import OpaServer
 from deploy.localstack.postgres_server import PostgresServer
 from deploy.localstack.redis_server import RedisServer
 
 
 def components(settings: Settings) -> list[Component]:
     home = settings.stack_dir
-    return [
+    found: list[Component] = [
         KafkaBroker.from_bootstrap(
             settings.kafka_bootstrap, home / "kafka", settings.cache_dir, settings.topic_partitions
         ),
         RedisServer.from_url(settings.redis_url, home / "redis"),
         PostgresServer.from_dsn(settings.postgres_dsn, home / "postgres"),
     ]
+    # OPA only when the settings ask for a policy on this machine (a remote OPA is the operator's)
+    if settings.opa_url and urlsplit(settings.opa_url).hostname in LOOPBACK:
+        found.append(OpaServer.from_url(settings.opa_url, home / "opa", settings.cache_dir))
+    return found
+
+
+def build_tools(settings: Settings) -> int:
+    """Build every Go tool that is missing (minutes each, once per machine)."""
+    for tool in TOOLS:
+        began = time.monotonic()
+        try:
+            path, built = tool.build(settings.cache_dir)
+        except StackError as exc:
+            print(f"tools: {tool.name} FAILED: {exc}", file=sys.stderr)
+            return 1
+        how = f"built in {time.monotonic() - began:.0f} s" if built else "cached"
+        print(f"{tool.name:9} {tool.version} {how}: {path}")
+    return 0
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def main(argv: list[str]) -> int:
@@ -47,11 +71,13 @@ def main(argv: list[str]) -> int:
         for component in reversed(stack):
             print(f"{component.name:9} {'stopped' if component.stop() else 'not started by the stack'}")
         return 0
+    if verb == "tools":
+        return build_tools(settings)
     if verb == "status":
         for component in stack:
             print(f"{component.name:9} {component.status()}")
         return 0
-    print("usage: python -m deploy.localstack up|down|status", file=sys.stderr)
+    print("usage: python -m deploy.localstack up|down|status|tools", file=sys.stderr)
     return 2
 
 

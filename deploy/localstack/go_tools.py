@@ -1,0 +1,74 @@
+"""Servers and tools built from Go modules, once per machine, into the project's cache (never by a test).
+
+``python -m deploy.localstack tools`` builds what is missing (``make test`` runs it first); a build takes
+minutes on 2 cores, so the commands that need a tool at once (``make run``) never wait for one: they report
+what is missing and how to build it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.localstack.base import StackError
+
+
+def go() -> str:
+    # the Go toolchain may be installed outside a non-login shell's PATH
+    found = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
+    if found is None:
+        raise StackError("the Go toolchain (go) is needed to build the project's Go tools and was not found")
+    return found
+
+
+@dataclass(frozen=True)
+class GoTool:
+    name: str  # the binary's name
+    module: str  # what ``go install`` builds
+    version: str
+
+    def home(self, cache_dir: Path) -> Path:
+        return cache_dir / "tools" / f"{self.name}-{self.version}"
+
+    def path(self, cache_dir: Path) -> Path:
+        return self.home(cache_dir) / self.name
+
+    def require(self, cache_dir: Path) -> Path:
+        """The built binary; StackError naming the build command when it is missing."""
+        path = self.path(cache_dir)
+        if not path.exists():
+            raise StackError(f"{self.name} {self.version} is not built yet: run `make tools` (go install, minutes)")
+        return path
+
+    def build(self, cache_dir: Path) -> tuple[Path, bool]:
+        """Build the binary if it is missing; (its path, whether it was built now)."""
+        path = self.path(cache_dir)
+        if path.exists():
+            return path, False
+        home = self.home(cache_dir)
+        home.mkdir(parents=True, exist_ok=True)
+        # built into a scratch GOBIN and moved: a concurrent user never runs a half-written binary
+        scratch = home / f".build-{os.getpid()}"
+        scratch.mkdir(exist_ok=True)
+        done = subprocess.run(
+            [go(), "install", f"{self.module}@{self.version}"],
+            env={**os.environ, "GOBIN": str(scratch)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        built = scratch / self.name
+        if done.returncode != 0 or not built.exists():
+            raise StackError(
+                f"go install {self.module}@{self.version} failed ({done.returncode}):\n{done.stderr[-4000:]}"
+            )
+        built.replace(path)
+        shutil.rmtree(scratch, ignore_errors=True)
+        return path, True
+
+
+OPA = GoTool("opa", "github.com/open-policy-agent/opa", "v1.22.4")
+TOOLS = (OPA,)
