@@ -30,6 +30,7 @@ CODES: dict[str, ErrorCode] = {
     "binary_not_supported": ErrorCode(400, "a binary WebSocket frame; the stream speaks JSON text", True),
     "unauthenticated": ErrorCode(401, "no bearer token, stream ticket or cookie was sent (WWW-Authenticate)"),
     "invalid_token": ErrorCode(401, "the token or ticket was refused: bad signature, expired, wrong aud/iss..."),
+    "origin_not_allowed": ErrorCode(403, "a WebSocket handshake from an origin not in SOMA_WS_ALLOWED_ORIGINS"),
     "policy_denied": ErrorCode(403, "the policy (OPA) did not allow it: denied, undefined, or OPA unreachable"),
     "not_found": ErrorCode(404, "no such path"),
     "session_not_found": ErrorCode(404, "no such session"),
@@ -42,6 +43,8 @@ CODES: dict[str, ErrorCode] = {
     "unstorable_text": ErrorCode(422, "text PostgreSQL cannot store (a NUL character)"),
     "idempotency_key_reused": ErrorCode(422, "this Idempotency-Key was used with another request"),
     "upgrade_required": ErrorCode(426, "a WebSocket endpoint asked without an Upgrade"),
+    "rate_limited": ErrorCode(429, "past SOMA_RATE_LIMIT_*; retry after Retry-After (RateLimit headers)"),
+    "too_many_streams": ErrorCode(429, "the tenant or address holds SOMA_STREAMS_PER_* streams on this worker"),
     "request_head_too_large": ErrorCode(431, "the request line or headers exceed the server's limits"),
     "internal_error": ErrorCode(500, "a defect; the server logged it"),
     "enqueue_failed": ErrorCode(503, "the broker did not accept the message in time; retry"),
@@ -83,6 +86,7 @@ class ApiError(SomaError):
     status: int  # from CODES, never restated
     retry_after: int | None = None  # seconds, sent as Retry-After
     close_connection: bool = False  # the connection is closed after the answer (its request was not read whole)
+    headers: dict[str, str] | None = None  # more headers of the answer (rate limits)
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

@@ -20,6 +20,7 @@ from app import diagnostics, retry
 from app.auth import Authenticator
 from app.policy import Policy
 from app.producer import IdempotentProducer
+from app.rate_limit import Limit, RateLimiter
 from app.resources import Resources
 from app.settings import Settings
 from app.storage_lag import StorageLag
@@ -67,6 +68,16 @@ class SomaApp(faust.App):
         self.storage_lag = StorageLag(settings, self.resources.redis)
         self.auth = Authenticator(settings.auth(), self.resources.http)
         self.tickets = Tickets(settings.auth(), self.resources.redis)
+        self.rate_limits = RateLimiter(
+            self.resources.redis,
+            settings.redis_prefix,
+            Limit("caller", settings.rate_limit_per_second, settings.rate_limit_burst)
+            if settings.rate_limit_per_second
+            else None,
+            Limit("address", settings.rate_limit_address_per_second, settings.rate_limit_address_burst)
+            if settings.rate_limit_address_per_second
+            else None,
+        )
         self.policy = Policy(
             settings.opa_url, settings.opa_timeout_seconds, settings.opa_cache_seconds, self.resources.http
         )

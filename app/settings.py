@@ -173,6 +173,19 @@ class Settings:
     stream_ticket_ttl_seconds: int = 30
     # a token in this cookie authenticates SSE streams (EventSource cannot send headers)
     auth_cookie: str = "soma_token"
+    # rate limits shared by all workers (app/rate_limit.py; 0 = off): per caller (tenant and subject; with
+    # authentication off, per address) and per client address, requests (and WebSocket messages) per second
+    # and the burst allowed at once
+    rate_limit_per_second: float = 0.0
+    rate_limit_burst: int = 40
+    rate_limit_address_per_second: float = 0.0
+    rate_limit_address_burst: int = 100
+    # WebSocket pages from these origins may open streams (comma-separated, e.g. https://app.example.com);
+    # a handshake without Origin (not a browser) or from the worker's own origin is always allowed
+    ws_allowed_origins: str = ""
+    # streams open at once on one worker, per tenant and per client address (0 = no limit)
+    streams_per_tenant: int = 10_000
+    streams_per_address: int = 0
     # authorization by OPA (app/policy.py): off when the URL is empty; its decision paths for API requests and
     # for tools; a decision not made within the timeout denies; decisions remembered this long per input
     opa_url: str = ""
@@ -319,6 +332,9 @@ class Settings:
             redis_prefix=self.redis_prefix,
         )
 
+    def allowed_origins(self) -> frozenset[str]:
+        return frozenset(o.strip().rstrip("/").lower() for o in self.ws_allowed_origins.split(",") if o.strip())
+
     def jwt_algorithm_list(self) -> tuple[str, ...]:
         """The allowed algorithms: ``SOMA_JWT_ALGORITHMS``, else the key family's default."""
         given = tuple(a.strip() for a in self.jwt_algorithms.split(",") if a.strip())
@@ -355,6 +371,12 @@ class Settings:
             raise SettingsError("SOMA_JWT_SECRET must be at least 32 bytes (RFC 7518 3.2)")
         if not 0 <= self.jwt_leeway_seconds <= 60:
             raise SettingsError("SOMA_JWT_LEEWAY_SECONDS must be within 0..60")
+        if self.rate_limit_per_second < 0 or self.rate_limit_address_per_second < 0:
+            raise SettingsError("rate limits must be >= 0 (0: off)")
+        if self.rate_limit_burst < 1 or self.rate_limit_address_burst < 1:
+            raise SettingsError("SOMA_RATE_LIMIT_BURST and SOMA_RATE_LIMIT_ADDRESS_BURST must be >= 1")
+        if self.streams_per_tenant < 0 or self.streams_per_address < 0:
+            raise SettingsError("SOMA_STREAMS_PER_TENANT and SOMA_STREAMS_PER_ADDRESS must be >= 0 (0: no limit)")
         if self.opa_url and not self.opa_url.startswith(("https://", "http://")):
             raise SettingsError("SOMA_OPA_URL must be an http(s) URL")
         if self.opa_timeout_seconds <= 0 or self.opa_cache_seconds < 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
@@ -25,6 +26,7 @@ from app.errors import (
     StorageUnavailable,
     UnsupportedMediaType,
 )
+from app.rate_limit import RateLimited, RateLimiter, Verdict
 from views import credentials
 
 if TYPE_CHECKING:
@@ -51,17 +53,34 @@ class ApiView(View):
     stream: ClassVar[bool] = False  # a ticket (?ticket=) or the auth cookie is accepted too
 
     async def dispatch(self, request: Any) -> Any:
+        verdict: Verdict | None = None
         try:
             if not self.public:
-                app = cast("SomaApp", self.app)
-                caller = request[PRINCIPAL] = await credentials.authenticate(app, request, stream=self.stream)
-                if app.policy.enabled:
-                    await self.authorize(app, request, caller)
-            return await super().dispatch(request)
+                verdict = await self._admit(request)
+            response = await super().dispatch(request)
         except ApiError as exc:
-            return self.error_response(exc)
+            response = self.error_response(exc)
         except web.HTTPRequestEntityTooLarge as exc:
-            return self.error_response(PayloadTooLarge(f"request body exceeds {exc.text or 'the limit'}"))
+            response = self.error_response(PayloadTooLarge(f"request body exceeds {exc.text or 'the limit'}"))
+        if verdict is not None and isinstance(response, web.Response) and not response.prepared:
+            response.headers.update(verdict.headers())
+        return response
+
+    async def _admit(self, request: Any) -> Verdict | None:
+        """Authenticate, charge the rate limits, ask the policy: in that order. Returns the limits' verdict."""
+        app = cast("SomaApp", self.app)
+        limits = app.rate_limits
+        try:
+            caller = request[PRINCIPAL] = await credentials.authenticate(app, request, stream=self.stream)
+        except ApiError as exc:
+            if exc.status == 401 and limits.address is not None:
+                # a flood of bad tokens is charged to its address (and refused 429 past the limit)
+                await limit(limits, None, request.remote)
+            raise
+        verdict = await limit(limits, caller_key(caller, request.remote), request.remote) if limits.enabled else None
+        if app.policy.enabled:
+            await self.authorize(app, request, caller)
+        return verdict
 
     async def authorize(self, app: SomaApp, request: Any, caller: Principal) -> None:
         """Ask OPA (``SOMA_OPA_DECISION_PATH``); anything but an allow is 403 ``policy_denied``.
@@ -83,6 +102,7 @@ class ApiView(View):
         body = exc.body()
         body["error"].update(extra)
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
+        headers.update(exc.headers or {})
         if exc.status == 401:
             # RFC 6750 3: what a client must send; error="invalid_token" when the one it sent was refused
             refused = ', error="invalid_token"' if exc.code == "invalid_token" else ""
@@ -91,6 +111,24 @@ class ApiView(View):
         if exc.close_connection:
             cast(web.Response, response).force_close()
         return response
+
+
+def caller_key(caller: Principal, address: str | None) -> str | None:
+    """Whose limit a request counts against: its tenant and subject, or with authentication off its address."""
+    return caller.caller() or (f"address {address}" if address else None)
+
+
+async def limit(limits: RateLimiter, caller: str | None, address: str | None, cost: int = 1) -> Verdict:
+    """Charge the request to its limits; 429 ``rate_limited`` with Retry-After and RateLimit headers past one."""
+    verdict = await limits.check(caller, address, cost)
+    if not verdict.allowed:
+        refused = RateLimited(
+            f"rate limit reached; retry in {verdict.retry_after_seconds:.1f} s",
+            retry_after=max(1, math.ceil(verdict.retry_after_seconds)),
+        )
+        refused.headers = verdict.headers()
+        raise refused
+    return verdict
 
 
 def principal(request: Any) -> Principal:

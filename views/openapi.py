@@ -56,10 +56,10 @@ def paths() -> dict[str, dict[str, Operation]]:
             found[path] = copy.deepcopy(operations)
             if not getattr(view, "public", False):
                 for operation in found[path].values():
-                    # every API view authenticates its caller (views/base.py) when authentication is on, and
-                    # asks the policy when OPA is on
+                    # every API view authenticates its caller (views/base.py) when authentication is on,
+                    # applies the rate limits when they are set, and asks the policy when OPA is on
                     operation["security"] = [{"bearer": []}]
-                    operation["responses"].update(errors("401", "403"))
+                    operation["responses"].update(errors("401", "403", "429"))
     return found
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any, ClassVar, cast
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from faust.web import Request, Response
@@ -37,6 +38,20 @@ async def _may_stream(caller: Principal, sid: str) -> None:
     one becomes the caller's), and PostgreSQL answers."""
     await owners.claim(caller, sid)
     await bounded_read(app, f"head of {sid}", lambda pool: head_seq(pool, sid))
+
+
+def _check_origin(request: Request) -> None:
+    """Cross-site WebSocket hijacking: a browser page may open a stream only from an allowed origin (or ours).
+
+    Browsers always send Origin with a WebSocket handshake; other clients need not, and are not refused for it.
+    """
+    origin = request.headers.get("Origin")
+    if not origin:
+        return
+    normal = origin.strip().rstrip("/").lower()
+    if normal in app.settings.allowed_origins() or urlsplit(normal).netloc == cast(web.Request, request).host.lower():
+        return
+    raise ApiError(f"WebSocket streams are not open to pages of {origin[:100]}", code="origin_not_allowed")
 
 
 def wants_event_stream(request: Request) -> bool:
@@ -148,6 +163,7 @@ class SessionSocket(ApiView):
         after = integer(request.query, "after", 0, 0, 2**62)
         if request.headers.get("Upgrade", "").lower() != "websocket":
             raise ApiError("this endpoint speaks WebSocket; send an Upgrade request", code="upgrade_required")
+        _check_origin(request)
         await _may_stream(principal(request), sid)
         return await websocket.serve(app, cast(web.Request, request), sid, after)
 

@@ -80,16 +80,23 @@ class StreamConnection:
 
         Unsubscribed when the block ends, however it ends.
         """
-        deadline = self.settings.subscribe_deadline_seconds
+        settings = self.app.settings
+        held = registry.reserve(
+            self.principal.tenant, self.request.remote, settings.streams_per_tenant, settings.streams_per_address
+        )
         try:
-            async with asyncio.timeout(deadline):
-                await self.stream.open()
-        except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
-            raise FeedUnavailable(f"the session feed did not answer within {deadline:g} s; retry later") from exc
-        try:
-            yield
+            deadline = self.settings.subscribe_deadline_seconds
+            try:
+                async with asyncio.timeout(deadline):
+                    await self.stream.open()
+            except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
+                raise FeedUnavailable(f"the session feed did not answer within {deadline:g} s; retry later") from exc
+            try:
+                yield
+            finally:
+                await self.stream.close()
         finally:
-            await self.stream.close()
+            registry.release(held)
 
     async def run(self) -> None:
         """Serve the (subscribed) stream until a task ends it."""

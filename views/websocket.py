@@ -19,7 +19,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from app import events
 from app.errors import ApiError, error_body
 from app.feed_hub import FeedItem
-from views.base import principal
+from app.rate_limit import RateLimited
+from views.base import caller_key, limit, principal
 from views.intake import accept_message, validated
 from views.session_stream import SlowReader
 from views.stream_connection import StreamConnection
@@ -35,6 +36,8 @@ ABORT_GRACE_SECONDS = 60.0
 # viewer's queue takes over (and closes a reader that stays behind, 1013)
 DIRECT_WRITE_MAX_BUFFER = 256 * 1024
 TEXT = 0x81  # FIN + text opcode
+# a client that goes on sending past its rate limit this many messages in a row is disconnected (1008)
+ABUSE_AFTER_REFUSALS = 10
 
 
 def text_frame(item: FeedItem) -> bytes:
@@ -57,6 +60,7 @@ class SocketConnection(StreamConnection):
     ) -> None:
         super().__init__(app, request, session_id, after, principal(request))
         self.ws = ws
+        self._refused_in_row = 0  # client messages refused by the rate limit since the last accepted one
         self.stream.direct = self._write_now
 
     def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
@@ -119,6 +123,19 @@ class SocketConnection(StreamConnection):
         await self.close(SLOW_READER, f"slow reader; resume with after={self.stream.last_sent}")
 
     async def _on_client_message(self, data: str) -> None:
+        limits = self.app.rate_limits
+        if limits.enabled:
+            address = self.request.remote
+            try:
+                await limit(limits, caller_key(self.principal, address), address)
+                self._refused_in_row = 0
+            except RateLimited as exc:
+                self._refused_in_row += 1
+                if self._refused_in_row >= ABUSE_AFTER_REFUSALS:
+                    await self.close(WSCloseCode.POLICY_VIOLATION, "rate limit exceeded again and again")
+                    return
+                await self._send({"type": "error", **exc.body()["error"], "retry_after": exc.retry_after})
+                return
         try:
             body = events.decode(data)
         except ValueError:

@@ -48,6 +48,14 @@ class WorkerInfo(ApiView):
                     "others_s": round(app.storage_lag.others, 3),
                     "refused": app.storage_lag.refused,
                 },
+                # requests refused by the rate limits, and let through because Redis did not answer
+                "rate_limits": {"refused": app.rate_limits.refused, "failed_open": app.rate_limits.failed_open},
+                # authentication: tokens refused; policy: decisions asked and denied
+                "auth": {
+                    "refused": app.auth.refused,
+                    "policy_asked": app.policy.asked,
+                    "policy_denied": app.policy.denied,
+                },
                 # HTTP connections: open now, the limit, refused and idle ones closed to make room since start
                 "connections": app.web.connection_counts() if isinstance(app.web, GuardedWeb) else None,
             }
