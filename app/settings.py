@@ -48,6 +48,8 @@ class ToolSettings:
     timeout_seconds: float  # a tool's run, and its policy check, unless the tool has its own timeout
     timeouts: dict[str, float]  # per tool (SOMA_TOOL_TIMEOUTS)
     http_fetch_hosts: frozenset[str]  # hosts http_fetch may reach
+    http_fetch_ports: frozenset[int] | None  # ports it may reach (None: any)
+    http_fetch_allow_private: bool  # loopback, private and link-local addresses too
     http_fetch_max_bytes: int
     max_event_bytes: int  # a larger result becomes an error result
 
@@ -151,6 +153,10 @@ class Settings:
     tool_timeouts: str = ""
     http_fetch_allowlist: str = ""
     http_fetch_max_bytes: int = 131_072
+    # ports http_fetch may reach ("*": any), and whether it may reach loopback, private, link-local (cloud
+    # metadata) and other non-public addresses: never by default
+    http_fetch_ports: str = "80,443"
+    http_fetch_allow_private: bool = False
     # authentication (app/auth.py): off by default for the local tour (the worker says so at start-up); on,
     # every /v1 endpoint and stream needs a JWT verified with exactly one of a shared secret (HS*), a PEM
     # public key (RS*/ES*/PS*/EdDSA; the PEM itself or a file's path) or a JWKS URL
@@ -259,6 +265,7 @@ class Settings:
                 "SOMA_MAX_EVENT_BYTES, SOMA_TOOL_TIMEOUT_SECONDS and SOMA_HTTP_FETCH_MAX_BYTES are too small"
             )
         self._validate_auth()
+        self.http_fetch_port_set()
         if self.stream_recovery_max < 1 or self.stream_queue_max < 1 or self.ws_max_message_bytes < 1024:
             raise SettingsError(
                 "SOMA_STREAM_RECOVERY_MAX, SOMA_STREAM_QUEUE_MAX and SOMA_WS_MAX_MESSAGE_BYTES too small"
@@ -280,6 +287,18 @@ class Settings:
                 raise SettingsError(f"SOMA_TOOL_TIMEOUTS: {item!r} is not name=seconds")
             timeouts[name.strip()] = value
         return timeouts
+
+    def http_fetch_port_set(self) -> frozenset[int] | None:
+        """``SOMA_HTTP_FETCH_PORTS`` as ports; None for ``*`` (any)."""
+        if self.http_fetch_ports.strip() == "*":
+            return None
+        try:
+            ports = frozenset(int(p) for p in self.http_fetch_ports.split(",") if p.strip())
+        except ValueError as exc:
+            raise SettingsError(f"SOMA_HTTP_FETCH_PORTS must be ports separated by commas, or *: {exc}") from exc
+        if not all(1 <= p <= 65535 for p in ports):
+            raise SettingsError("SOMA_HTTP_FETCH_PORTS must be TCP ports (1-65535)")
+        return ports
 
     def http_fetch_hosts(self) -> frozenset[str]:
         """Hosts ``http_fetch`` may reach (``SOMA_HTTP_FETCH_ALLOWLIST``, comma-separated); empty = none."""
@@ -348,6 +367,8 @@ class Settings:
             timeout_seconds=self.tool_timeout_seconds,
             timeouts=self.tool_timeout_map(),
             http_fetch_hosts=self.http_fetch_hosts(),
+            http_fetch_ports=self.http_fetch_port_set(),
+            http_fetch_allow_private=self.http_fetch_allow_private,
             http_fetch_max_bytes=self.http_fetch_max_bytes,
             max_event_bytes=self.max_event_bytes,
         )

@@ -19,6 +19,8 @@ from tests.support.isolation import Isolated
 from tests.support.kafka import create_topic, produce, read_topic
 from tests.support.worker import Worker, running
 
+# the test's HTTP server is on loopback, on a port of its own
+LOOPBACK_FETCH = {"SOMA_HTTP_FETCH_ALLOW_PRIVATE": "1", "SOMA_HTTP_FETCH_PORTS": "*"}
 RESULTS = "SELECT * FROM session_events WHERE type = 'tool.result' ORDER BY id"
 
 
@@ -66,7 +68,7 @@ def http_server(loopback: LoopbackServer) -> str:
 
 @pytest.fixture
 async def worker(iso: Isolated, artifacts: Path) -> AsyncIterator[Worker]:
-    env = iso.env(SOMA_HTTP_FETCH_ALLOWLIST="127.0.0.1", SOMA_TOOL_TIMEOUTS="http_fetch=0.5")
+    env = iso.env(SOMA_HTTP_FETCH_ALLOWLIST="127.0.0.1", SOMA_TOOL_TIMEOUTS="http_fetch=0.5", **LOOPBACK_FETCH)
     async with running(env, artifacts / "logs" / f"tools-{iso.tag}.log") as worker:
         yield worker
 
@@ -137,7 +139,7 @@ async def test_a_tool_interrupted_by_a_crash_is_answered_interrupted_and_never_r
     iso: Isolated, loopback: LoopbackServer, artifacts: Path
 ) -> None:
     settings = iso.settings
-    env = iso.env(SOMA_HTTP_FETCH_ALLOWLIST="127.0.0.1", SOMA_TOOL_TIMEOUTS="http_fetch=120")
+    env = iso.env(SOMA_HTTP_FETCH_ALLOWLIST="127.0.0.1", SOMA_TOOL_TIMEOUTS="http_fetch=120", **LOOPBACK_FETCH)
     topic = iso.topic("tool.requests")
     await create_topic(settings.kafka_bootstrap, topic, settings.topic_partitions)
     request = tool_request("tools-3", "http_fetch", {"url": f"{loopback.url}/held"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import socket
 import time
 import uuid
@@ -27,6 +28,7 @@ from agents.tools import (
     tool_names,
     unregister,
 )
+from agents.tools import http_fetch as http_fetch_module
 from app import schemas
 from app.settings import Settings
 
@@ -135,6 +137,10 @@ async def server() -> AsyncIterator[Server]:
     async def redirect_file(request: web.Request) -> web.Response:
         raise web.HTTPFound("file:///etc/passwd")
 
+    async def redirect_port(request: web.Request) -> web.Response:
+        # the same allowed host, another port (a service the tool must not reach)
+        raise web.HTTPFound(f"http://127.0.0.1:{port + 1 if port < 65535 else port - 1}/text")
+
     app = web.Application()
     app.router.add_get("/text", text)
     app.router.add_get("/binary", binary)
@@ -146,6 +152,7 @@ async def server() -> AsyncIterator[Server]:
     app.router.add_get("/redirect-in", redirect_in)
     app.router.add_get("/redirect-loop", redirect_loop)
     app.router.add_get("/redirect-file", redirect_file)
+    app.router.add_get("/redirect-port", redirect_port)
     runner = web.AppRunner(app)
     await runner.setup()
     try:
@@ -163,7 +170,14 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def make_ctx(http: aiohttp.ClientSession, **changes: Any) -> ToolContext:
-    base = {"http_fetch_allowlist": "127.0.0.1", "http_fetch_max_bytes": MAX_BYTES, "tool_timeouts": "http_fetch=0.3"}
+    base = {
+        "http_fetch_allowlist": "127.0.0.1",
+        "http_fetch_max_bytes": MAX_BYTES,
+        "tool_timeouts": "http_fetch=0.3",
+        # the test server is on loopback, on a port of its own
+        "http_fetch_allow_private": True,
+        "http_fetch_ports": "*",
+    }
     return ToolContext(settings=dataclasses.replace(Settings.from_env({}), **{**base, **changes}).tools(), http=http)
 
 
@@ -436,6 +450,40 @@ async def test_http_fetch_redirects(ctx: ToolContext, server: Server) -> None:
     assert error_code(outcome) == "too_many_redirects"
     outcome = await call("http_fetch", {"url": server.url("/redirect-file")}, ctx)
     assert error_code(outcome) == "invalid_redirect"
+
+
+async def test_http_fetch_refuses_addresses_that_are_not_public(http: aiohttp.ClientSession, server: Server) -> None:
+    # an allowlisted name is not enough: what it resolves to decides (loopback, cloud metadata, private)
+    ctx = make_ctx(
+        http, http_fetch_allowlist="localhost,127.0.0.1,169.254.169.254,10.0.0.1", http_fetch_allow_private=False
+    )
+    for url in (
+        server.url("/text", host="localhost"),
+        server.url("/text"),
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/",
+    ):
+        outcome = await call("http_fetch", {"url": url}, ctx)
+        assert error_code(outcome) == "address_not_allowed", (url, outcome)
+    # IPv4 carried in IPv6 is judged as the IPv4 it carries
+    for text, public in [("::ffff:127.0.0.1", False), ("::ffff:8.8.8.8", True), ("fe80::1", False), ("8.8.8.8", True)]:
+        assert http_fetch_module._public(ipaddress.ip_address(text)) is public, text
+    # a redirect to a loopback address is checked like the first URL
+    allowed = make_ctx(http, http_fetch_allowlist="127.0.0.1,localhost")
+    outcome = await call("http_fetch", {"url": server.url("/redirect-out")}, allowed)
+    assert outcome.status == "ok"  # both loopback, and allowed here
+    refusing = make_ctx(http, http_fetch_allowlist="127.0.0.1,localhost", http_fetch_allow_private=False)
+    assert error_code(await call("http_fetch", {"url": server.url("/redirect-out")}, refusing)) == "address_not_allowed"
+
+
+async def test_http_fetch_ports_are_checked_at_every_hop(http: aiohttp.ClientSession, server: Server) -> None:
+    ctx = make_ctx(http, http_fetch_ports=str(server.port))
+    assert (await call("http_fetch", {"url": server.url("/text")}, ctx)).status == "ok"
+    outcome = await call("http_fetch", {"url": server.url("/redirect-port")}, ctx)
+    assert error_code(outcome) == "port_not_allowed", outcome
+    # the default ports are the web's own
+    default = make_ctx(http, http_fetch_ports="80,443")
+    assert error_code(await call("http_fetch", {"url": server.url("/text")}, default)) == "port_not_allowed"
 
 
 async def test_http_fetch_connection_refused(ctx: ToolContext) -> None:

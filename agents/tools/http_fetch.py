@@ -1,13 +1,25 @@
-"""``http_fetch``: GET or HEAD an http(s) URL whose host is allowlisted, the body capped in size."""
+"""``http_fetch``: GET or HEAD an http(s) URL whose host is allowlisted, the body capped in size.
+
+Server-side request forgery is closed at every hop (the first URL and each redirect): the host must be in
+``SOMA_HTTP_FETCH_ALLOWLIST``, the port in ``SOMA_HTTP_FETCH_PORTS``, and every address the host resolves to
+must be public (not loopback, private, link-local (cloud metadata), shared, multicast or reserved) unless
+``SOMA_HTTP_FETCH_ALLOW_PRIVATE`` is on. The request then goes to the address that was checked, never to a
+second resolution of the name (DNS rebinding): the URL carries the address, the Host header and TLS's server
+name the host.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import socket
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
 from agents.tools.registry import ToolContext, ToolError, tool
+from app.settings import ToolSettings
 
 ARGS = frozenset({"url", "method"})
 METHODS = frozenset({"GET", "HEAD"})
@@ -29,17 +41,25 @@ async def http_fetch(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     Redirects are followed, at most 5, each hop checked against the allowlist like the first URL.
     """
     url, method = _parse_args(args)
-    hosts = ctx.settings.http_fetch_hosts
+    settings = ctx.settings
+    hosts = settings.http_fetch_hosts
     _check_url(url, hosts)
     for _ in range(MAX_REDIRECTS + 1):
+        address = await _checked_address(url, settings)
         try:
             # aiohttp's own redirect following would reach hosts the allowlist never saw
-            async with ctx.http.request(method, url, allow_redirects=False) as response:
+            async with ctx.http.request(
+                method,
+                url.with_host(address),
+                allow_redirects=False,
+                headers={"Host": _host_header(url)},
+                server_hostname=url.host if url.scheme == "https" else None,
+            ) as response:
                 location = response.headers.get("Location")
                 if response.status in REDIRECT_STATUSES and location:
                     url = _redirect_target(url, location, hosts)
                     continue
-                return await _result(url, method, response, ctx.settings.http_fetch_max_bytes)
+                return await _result(url, method, response, settings.http_fetch_max_bytes)
         except aiohttp.ClientError as exc:
             raise ToolError(f"fetching {url} failed: {type(exc).__name__}: {exc}", "fetch_failed") from exc
     raise ToolError(f"more than {MAX_REDIRECTS} redirects, last to {url}", "too_many_redirects")
@@ -70,6 +90,43 @@ def _check_url(url: URL, hosts: frozenset[str]) -> None:
     host = (url.host or "").lower()
     if host not in hosts:
         raise ToolError(f"host {host!r} is not in SOMA_HTTP_FETCH_ALLOWLIST", "host_not_allowed")
+
+
+async def _checked_address(url: URL, settings: ToolSettings) -> str:
+    """The address to connect to for ``url``: its port allowed, every address of its host public (or allowed)."""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    if settings.http_fetch_ports is not None and port not in settings.http_fetch_ports:
+        allowed = ", ".join(str(p) for p in sorted(settings.http_fetch_ports))
+        raise ToolError(f"port {port} is not in SOMA_HTTP_FETCH_PORTS ({allowed})", "port_not_allowed")
+    host = url.host or ""
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ToolError(f"host {host!r} does not resolve: {exc}", "fetch_failed") from exc
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
+    if not addresses:
+        raise ToolError(f"host {host!r} has no address", "fetch_failed")
+    if not settings.http_fetch_allow_private:
+        for text in addresses:
+            if not _public(ipaddress.ip_address(text.split("%")[0])):
+                # any non-public answer refuses the host: a name that resolves both ways is a rebinding attempt
+                raise ToolError(
+                    f"host {host!r} resolves to {text}, which is not a public address", "address_not_allowed"
+                )
+    first = addresses[0]
+    return first
+
+
+def _host_header(url: URL) -> str:
+    host = url.raw_host or ""
+    return host if url.is_default_port() else f"{host}:{url.port}"
+
+
+def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """A globally routable unicast address (IPv4-mapped IPv6 judged as the IPv4 it carries)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
 
 
 def _redirect_target(current: URL, location: str, hosts: frozenset[str]) -> URL:
