@@ -34,8 +34,19 @@ stack-status: venv ## report each component of the stack
 migrate: stack-up ## apply the database migrations
 	$(PY) -m tools.migrate
 
-run: migrate ## run the worker and its web server on SOMA_WEB_PORT (6066)
-	$(VENV)/bin/faust -A app worker -l info
+# AUTH=1: authentication on, with a development issuer (POST /dev/token, the console's "Get a dev token")
+# signing with a secret kept in .stack/dev-jwt-secret; without it the worker runs open and says so
+AUTH ?= 0
+DEV_SECRET := .stack/dev-jwt-secret
+
+run: migrate ## run the worker and its web server on SOMA_WEB_PORT (6066); AUTH=1 turns authentication on
+	@if [ "$(AUTH)" = "1" ]; then \
+	  mkdir -p .stack && test -s $(DEV_SECRET) || $(PY) -c 'import secrets; print(secrets.token_urlsafe(48))' > $(DEV_SECRET); \
+	  export SOMA_AUTH_REQUIRED=1 SOMA_DEV_TOKENS=1 SOMA_JWT_SECRET="$$(cat $(DEV_SECRET))"; \
+	  exec $(VENV)/bin/faust -A app worker -l info; \
+	else \
+	  exec $(VENV)/bin/faust -A app worker -l info; \
+	fi
 
 lint: venv ## ruff lint and format check
 	$(VENV)/bin/ruff check .

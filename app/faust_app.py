@@ -114,6 +114,8 @@ class SomaApp(faust.App):
     async def on_started(self) -> None:
         await super().on_started()
         diagnostics.install(self.loop)
+        if self.settings.dev_tokens:
+            log.warning("SOMA_DEV_TOKENS is on: POST /dev/token gives anyone a token of any tenant; development only")
         if not self.settings.auth_required:
             log.warning(
                 "authentication is OFF (SOMA_AUTH_REQUIRED=0): anyone who reaches port %d can read and post "

@@ -179,6 +179,9 @@ class Settings:
     stream_ticket_ttl_seconds: int = 30
     # a token in this cookie authenticates SSE streams (EventSource cannot send headers)
     auth_cookie: str = "soma_token"
+    # a development issuer: POST /dev/token signs tokens with SOMA_JWT_SECRET for anyone who asks (for the
+    # local tour and the console; never in production: the worker warns at start-up)
+    dev_tokens: bool = False
     # rate limits shared by all workers (app/rate_limit.py; 0 = off): per caller (tenant and subject; with
     # authentication off, per address) and per client address, requests (and WebSocket messages) per second
     # and the burst allowed at once
@@ -390,6 +393,10 @@ class Settings:
             raise SettingsError(f"SOMA_JWT_ALGORITHMS {', '.join(wrong)} cannot be verified with {kind}")
         if self.jwt_secret and len(self.jwt_secret.encode()) < 32:
             raise SettingsError("SOMA_JWT_SECRET must be at least 32 bytes (RFC 7518 3.2)")
+        if self.dev_tokens and not (self.auth_required and self.jwt_secret):
+            raise SettingsError(
+                "SOMA_DEV_TOKENS needs SOMA_AUTH_REQUIRED and SOMA_JWT_SECRET (it signs with the secret)"
+            )
         if not 0 <= self.jwt_leeway_seconds <= 60:
             raise SettingsError("SOMA_JWT_LEEWAY_SECONDS must be within 0..60")
         if self.rate_limit_per_second < 0 or self.rate_limit_address_per_second < 0:

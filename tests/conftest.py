@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from blockbuster import BlockBuster, blockbuster_ctx
 
 from app.settings import Settings
 from deploy.localstack.__main__ import components
+from tests.support import secrets
 from tests.support.isolation import (
     Isolated,
     admin_execute,
@@ -59,9 +61,15 @@ def iso_module(stack: Settings, template_db: str, tmp_path_factory: pytest.TempP
 
 
 @pytest.fixture(scope="session")
-def artifacts() -> Path:
+def artifacts() -> Iterator[Path]:
+    """Where tests write logs and screenshots. At the end of the session every log written during it is read:
+    a token or a secret the suite gave a worker, found in one, fails the run."""
     ARTIFACTS.mkdir(exist_ok=True)
-    return ARTIFACTS
+    began = time.time()
+    yield ARTIFACTS
+    written = [p for p in (ARTIFACTS / "logs").glob("*.log") if p.stat().st_mtime >= began]
+    found = secrets.leaks(written)
+    assert not found, "secrets or tokens in logs:\n" + "\n".join(found[:20])
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,9 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 from playwright.async_api import Browser, Locator, Page, async_playwright, expect
 
@@ -199,3 +201,58 @@ async def test_console_over_both_transports(browser: Browser, worker: Worker, is
     await asyncio.to_thread((artifacts / "screenshots").mkdir, exist_ok=True)
     await page.screenshot(path=artifacts / "screenshots" / "console.png", full_page=True)
     assert problems == []
+
+
+@pytest.fixture
+async def secured(iso: Isolated, artifacts: Path) -> AsyncIterator[Worker]:
+    env = iso.env(
+        SOMA_AUTH_REQUIRED="1", SOMA_JWT_SECRET="console-test-secret-of-32-bytes-at-least", SOMA_DEV_TOKENS="1"
+    )
+    async with running(env, artifacts / "logs" / f"console-auth-{iso.tag}.log") as worker:
+        yield worker
+
+
+@pytest.mark.timeout(600)
+async def test_console_with_authentication_on(browser: Browser, secured: Worker, iso: Isolated) -> None:
+    page = await browser.new_page(viewport={"width": 1100, "height": 860})
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    await page.goto(secured.url + "/")
+    console = Console(page, secured, iso)
+
+    # without a token the page says what is wrong instead of failing silently
+    await console.click("New session")
+    await expect(page.get_by_text("unauthenticated: this endpoint needs a bearer token")).to_be_visible(timeout=WAIT_MS)
+
+    await console.click("Get a dev token")
+    await expect(page.get_by_text("Dev token for tenant dev")).to_be_visible()
+    token = await page.get_by_label("Token", exact=True).input_value()
+    assert token.count(".") == 2
+    await expect(console.status).to_contain_text("WebSocket · connected", timeout=WAIT_MS)
+    session = await console.session()
+    await console.type_message("typed with a token")
+    await console.click("Send")
+    await expect(console.row(1)).to_contain_text("typed with a token", timeout=WAIT_MS)
+
+    await page.get_by_label("SSE", exact=True).check()
+    await expect(console.status).to_have_text("SSE · open · recovered: yes, replayed 0 (after 1, head 1) · last seq 1")
+    await console.type_message("posted over HTTP with the token")
+    await console.click("Send")
+    await expect(console.row(2)).to_contain_text("posted over HTTP with the token")
+    # streams were opened with single-use tickets, never with the token in a URL
+    streams = [url for url in console.stream_urls if session in url]
+    with_token = streams[next(n for n, url in enumerate(streams) if "ticket=" in url) :]
+    assert len(with_token) >= 2 and all("ticket=" in url for url in with_token), streams
+    assert not any(token in url for url in console.stream_urls)
+    # the messages carry the dev token's tenant
+    _, stored = await get_json_with(secured.url, f"/v1/session/{session}", token)
+    assert stored["tenant"] == "dev"
+    assert problems == []
+
+
+async def get_json_with(base: str, path: str, token: str) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(base + path, headers={"Authorization": f"Bearer {token}"}) as resp,
+    ):
+        return resp.status, await resp.json()

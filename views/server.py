@@ -177,7 +177,15 @@ class GuardedHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        answer = super().handle_error(request, status, exc, message)  # logs it, and raises if already answering
+        if status == HTTPStatus.INTERNAL_SERVER_ERROR:
+            answer = super().handle_error(request, status, exc, message)  # logs it, raises if already answering
+        else:
+            # the client's malformed bytes are not logged: aiohttp's message quotes the offending header, which
+            # may be an Authorization or a Cookie (a token over the size limit)
+            log.info("malformed HTTP from %s: %s", request.remote, type(exc).__name__ if exc else status)
+            if request.writer is not None and request.writer.output_size > 0:
+                raise ConnectionError("the response has started: no error answer can follow")
+            answer = None
         if status == HTTPStatus.INTERNAL_SERVER_ERROR:
             body = error_body("internal_error", "the server failed to answer this request")
         elif isinstance(exc, LineTooLong) or "Too many headers" in str(message or exc):

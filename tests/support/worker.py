@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 
 from deploy.localstack.base import free_port, tail
+from tests.support import secrets
 
 ROOT = Path(__file__).resolve().parents[2]
 FAUST = Path(sys.executable).parent / "faust"
@@ -29,6 +30,7 @@ class Worker:
         self.cwd = cwd
         self.port = port or free_port()
         self.env = {**env, "SOMA_WEB_PORT": str(self.port)}
+        secrets.note(self.env)
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 

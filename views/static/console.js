@@ -9,6 +9,9 @@ const NAMES = { ws: "WebSocket", sse: "SSE" };
 
 const $ = (id) => document.getElementById(id);
 const ui = {
+  authForm: $("auth-form"),
+  token: $("token"),
+  devToken: $("dev-token"),
   sessionForm: $("session-form"),
   sessionId: $("session-id"),
   newSession: $("new-session"),
@@ -33,6 +36,8 @@ const state = {
   recovered: null, // the last recovered frame of the current connection
   retry: null,
   refs: 0,
+  token: sessionStorage.getItem("soma.token") || "", // a bearer token, when the service requires one
+  attempt: 0, // connect() calls; an older one's ticket arrives too late to be used
 };
 
 // crypto.randomUUID exists only in secure contexts; a page opened over plain http from another host is not one
@@ -132,50 +137,123 @@ function onFrame(frame) {
 
 function drop() {
   clearTimeout(state.retry);
+  state.attempt += 1; // a ticket still on its way is not used
   const conn = state.conn;
   state.conn = null;
   if (conn) conn.close();
 }
 
-function streamPath(kind) {
-  return `/v1/session/${encodeURIComponent(state.session)}/${kind}?after=${state.lastSeq}`;
+function streamPath(kind, ticket) {
+  const path = `/v1/session/${encodeURIComponent(state.session)}/${kind}?after=${state.lastSeq}`;
+  return ticket ? `${path}&ticket=${encodeURIComponent(ticket)}` : path;
 }
 
-function connectWs() {
-  const url = new URL(streamPath("stream"), location.href);
+function authHeaders() {
+  return state.token ? { Authorization: `Bearer ${state.token}` } : {};
+}
+
+function setToken(token) {
+  state.token = token;
+  ui.token.value = token;
+  if (token) sessionStorage.setItem("soma.token", token);
+  else sessionStorage.removeItem("soma.token");
+}
+
+// a browser cannot send a header with a WebSocket or an EventSource: it opens them with a single-use ticket
+async function ticket() {
+  const resp = await fetch("/v1/stream-tickets", {
+    method: "POST",
+    headers: { "Content-Type": "application/json", ...authHeaders() },
+    body: JSON.stringify({ session_id: state.session }),
+  });
+  const body = await resp.json();
+  if (!resp.ok) throw new Error(`${body.error?.code ?? resp.status}: ${body.error?.message ?? resp.statusText}`);
+  return body.ticket;
+}
+
+function connectWs(ticketValue) {
+  const url = new URL(streamPath("stream", ticketValue), location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
   const ws = new WebSocket(url);
+  let opened = false;
   state.conn = ws;
-  ws.onopen = () => state.conn === ws && setPhase("connected");
+  ws.onopen = () => {
+    opened = true;
+    if (state.conn === ws) setPhase("connected");
+  };
   ws.onmessage = (m) => state.conn === ws && onFrame(JSON.parse(m.data));
   ws.onclose = (e) => {
     if (state.conn !== ws) return;
     // the server closes a slow reader (1013) or on shutdown (1001): resume from the last seq seen
     state.conn = null;
     setPhase(`closed (${e.code}${e.reason ? `: ${e.reason}` : ""}), retrying`);
+    if (!opened) explain();
     state.retry = setTimeout(connect, WS_RETRY_MS);
   };
 }
 
-function connectSse() {
+// a browser is not told why a stream was refused; the same request over HTTP says it
+async function explain() {
+  try {
+    const resp = await fetch(`/v1/session/${encodeURIComponent(state.session)}`, { headers: authHeaders() });
+    if (resp.status === 401 || resp.status === 403) {
+      const body = await resp.json();
+      const hint = resp.status === 401 ? " Paste a token above, or Get a dev token." : "";
+      notice(`${body.error?.code}: ${body.error?.message}.${hint}`, true);
+    }
+  } catch (err) {
+    notice(`The service does not answer: ${err.message}`, true);
+  }
+}
+
+function connectSse(ticketValue) {
   // a new EventSource cannot set Last-Event-ID; ?after= does, and the browser's own retries send the header
-  const es = new EventSource(streamPath("events"));
+  const es = new EventSource(streamPath("events", ticketValue));
   state.conn = es;
   const handle = (m) => state.conn === es && onFrame(JSON.parse(m.data));
   for (const type of [...EVENT_TYPES, "recovered"]) es.addEventListener(type, handle);
+  es.addEventListener("end", (m) => {
+    if (state.conn !== es) return;
+    // the server ended the stream (its token expired): the browser would only retry with a spent ticket
+    drop();
+    setPhase(`ended (${JSON.parse(m.data).reason})`);
+  });
   es.onopen = () => state.conn === es && setPhase("open");
   es.onerror = () => {
     if (state.conn !== es) return;
-    setPhase(es.readyState === EventSource.CONNECTING ? "reconnecting" : "closed");
+    if (es.readyState === EventSource.CONNECTING && !ticketValue) {
+      setPhase("reconnecting");
+    } else {
+      // refused, or retrying with a ticket already spent: a new ticket, from the last seq seen
+      es.close();
+      state.conn = null;
+      explain();
+      setPhase("closed, retrying");
+      state.retry = setTimeout(connect, WS_RETRY_MS);
+    }
   };
 }
 
-function connect() {
+async function connect() {
   drop();
   if (!state.session) return;
   state.recovered = null;
   state.phase = "connecting";
-  (state.transport === "ws" ? connectWs : connectSse)();
+  renderStatus();
+  const attempt = ++state.attempt;
+  let ticketValue = null;
+  if (state.token) {
+    try {
+      ticketValue = await ticket();
+    } catch (err) {
+      if (attempt !== state.attempt) return;
+      setPhase("not connected");
+      notice(`No stream ticket: ${err.message}`, true);
+      return;
+    }
+    if (attempt !== state.attempt) return; // another connect() (or a disconnect) came meanwhile
+  }
+  (state.transport === "ws" ? connectWs : connectSse)(ticketValue);
   renderStatus();
 }
 
@@ -208,7 +286,7 @@ async function post(text) {
   try {
     const resp = await fetch("/v1/session/message", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json", ...authHeaders() },
       body: JSON.stringify({ session_id: state.session, message: text }),
     });
     const body = await resp.json();
@@ -231,6 +309,29 @@ function send(text) {
     post(text);
   }
 }
+
+ui.authForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  setToken(ui.token.value.trim());
+  notice(state.token ? "Token set for this tab." : "Token cleared.");
+  if (state.session) connect();
+});
+ui.devToken.addEventListener("click", async () => {
+  try {
+    const resp = await fetch("/dev/token", { method: "POST" });
+    const body = await resp.json();
+    if (!resp.ok) {
+      notice(`No dev token: ${body.error?.message ?? resp.statusText}`, true);
+      return;
+    }
+    setToken(body.token);
+    notice(`Dev token for tenant ${body.claims.tenant ?? body.claims.org ?? "?"}, valid ${body.expires_in} s.`);
+    if (state.session) connect();
+  } catch (err) {
+    notice(`No dev token: ${err.message}`, true);
+  }
+});
+ui.token.value = state.token;
 
 ui.sessionForm.addEventListener("submit", (e) => {
   e.preventDefault();
