@@ -39,9 +39,13 @@ def compose_tool() -> str:
     return ensure_compose_tool()
 
 
-def compose(tool: str, path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+# what a user puts in .env (compose.yaml requires it: authentication is on)
+SECRET = {"SOMA_JWT_SECRET": "compose-test-secret-of-32-bytes-or-more"}
+
+
+def compose(tool: str, path: Path, *args: str, extra: dict[str, str] = SECRET) -> subprocess.CompletedProcess[str]:
     # COMPOSE_* variables of the caller's shell (project name, profiles, files) must not change the verdict
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "SOMA_"))} | extra
     return subprocess.run(
         [tool, "--project-directory", str(path.parent), "-f", str(path), "config", *args],
         capture_output=True,
@@ -101,6 +105,13 @@ def test_worker_waits_for_healthy_infrastructure(config: dict[str, Any]) -> None
     assert {name: dep["condition"] for name, dep in depends_on.items()} == dict.fromkeys(
         INFRASTRUCTURE, "service_healthy"
     )
+
+
+def test_authentication_is_on_and_cannot_start_without_a_secret(compose_tool: str, config: dict[str, Any]) -> None:
+    env = config["services"]["worker"]["environment"]
+    assert env["SOMA_AUTH_REQUIRED"] == "1" and env["SOMA_JWT_SECRET"] == SECRET["SOMA_JWT_SECRET"]
+    refused = compose(compose_tool, COMPOSE, extra={})
+    assert refused.returncode != 0 and "set SOMA_JWT_SECRET" in refused.stderr, refused.stderr
 
 
 def test_worker_settings_are_real_and_valid(config: dict[str, Any]) -> None:
