@@ -66,5 +66,5 @@ TICKET_PARAM = {
     "in": "query",
     "required": False,
     "description": "a single-use stream ticket (POST /v1/stream-tickets) instead of the Authorization header",
-    "schema": {"type": "string", "minLength": 16, "maxLength": 128},
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{16,128}$"},
 }

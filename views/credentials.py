@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from app.auth import ANONYMOUS, Principal, bearer
+from views.params import InvalidParameter
+
+TICKET = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
 if TYPE_CHECKING:
     from app.faust_app import SomaApp
@@ -16,8 +20,11 @@ async def authenticate(app: SomaApp, request: Any, *, stream: bool) -> Principal
     if not auth.enabled:
         return ANONYMOUS
     token = bearer(request.headers.get("Authorization"))
+    ticket = request.query.get("ticket") if stream else None
+    if ticket is not None and not TICKET.fullmatch(ticket):
+        # checked even beside a header: a parameter the document constrains is never accepted unchecked
+        raise InvalidParameter("ticket must be 16-128 characters of A-Z a-z 0-9 - _ (from POST /v1/stream-tickets)")
     if token is None and stream:
-        ticket = request.query.get("ticket")
         if ticket:
             return await app.tickets.redeem(ticket, request.match_info.get("session_id", ""))
         if request.headers.get("Upgrade", "").lower() != "websocket":

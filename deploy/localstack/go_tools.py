@@ -1,4 +1,5 @@
-"""Servers and tools built from Go modules, once per machine, into the project's cache (never by a test).
+"""Servers and tools built once per machine into the project's cache (never by a test): Go modules, and
+Python tools in virtualenvs of their own.
 
 ``python -m deploy.localstack tools`` builds what is missing (``make test`` runs it first); a build takes
 minutes on 2 cores, so the commands that need a tool at once (``make run``) never wait for one: they report
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,5 +72,44 @@ class GoTool:
         return path, True
 
 
+@dataclass(frozen=True)
+class PyTool:
+    """A Python tool in a virtualenv of its own: its pins need not agree with the service's (schemathesis
+    4.32 wants jsonschema-rs < 0.61, the service pins 0.61.2)."""
+
+    name: str  # the command in the virtualenv's bin/
+    package: str
+    version: str
+
+    def home(self, cache_dir: Path) -> Path:
+        return cache_dir / "tools" / f"{self.package}-{self.version}"
+
+    def path(self, cache_dir: Path) -> Path:
+        return self.home(cache_dir) / "venv" / "bin" / self.name
+
+    def require(self, cache_dir: Path) -> Path:
+        path = self.path(cache_dir)
+        if not path.exists():
+            raise StackError(f"{self.package} {self.version} is not installed yet: run `make tools`")
+        return path
+
+    def build(self, cache_dir: Path) -> tuple[Path, bool]:
+        path = self.path(cache_dir)
+        if path.exists():
+            return path, False
+        venv = self.home(cache_dir) / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, capture_output=True)
+        done = subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", f"{self.package}=={self.version}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0 or not path.exists():
+            raise StackError(f"pip install {self.package}=={self.version} failed:\n{done.stderr[-4000:]}")
+        return path, True
+
+
 OPA = GoTool("opa", "github.com/open-policy-agent/opa", "v1.22.4")
-TOOLS = (OPA,)
+SCHEMATHESIS = PyTool("st", "schemathesis", "4.32.5")
+TOOLS: tuple[GoTool | PyTool, ...] = (OPA, SCHEMATHESIS)
