@@ -61,6 +61,9 @@ class SomaApp(faust.App):
             "web_router_enabled": False,
             "web_application_options": {"client_max_size": settings.max_body_bytes},
         }
+        credentials = kafka_credentials(settings)
+        if credentials is not None:
+            options["broker_credentials"] = credentials
         options.update(overrides)
         super().__init__(settings.app_id, **options)
         self.settings = settings
@@ -143,6 +146,21 @@ class SomaApp(faust.App):
                     delay = next(delays)
                     log.warning("declaring %s failed, retrying in %.1fs: %r", topic.get_topic_name(), delay, exc)
                     await asyncio.sleep(delay)
+
+
+def kafka_credentials(settings: Settings) -> Any:
+    """faust's credentials for the brokers (SASL, TLS), or None for PLAINTEXT."""
+    security = settings.kafka_security()
+    if security["security_protocol"].startswith("SASL"):
+        return faust.SASLCredentials(
+            username=security["sasl_plain_username"],
+            password=security["sasl_plain_password"],
+            mechanism=security["sasl_mechanism"],
+            ssl_context=security["ssl_context"],
+        )
+    if security["security_protocol"] == "SSL":
+        return faust.SSLCredentials(security["ssl_context"])
+    return None
 
 
 def create_app(settings: Settings, **overrides: Any) -> SomaApp:

@@ -75,6 +75,7 @@ class Resources(Service):
         if self._kafka is None:
             self._kafka = AIOKafkaClient(
                 bootstrap_servers=self.settings.kafka_bootstrap,
+                **self.settings.kafka_security(),
                 request_timeout_ms=int(self.settings.health_timeout_seconds * 1000),
                 client_id=f"{self.settings.app_id}-health",
             )

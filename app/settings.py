@@ -91,6 +91,15 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     # repr=False: the DSN carries a password and settings get logged
     postgres_dsn: str = field(default="postgresql://somaagent:somaagent@127.0.0.1:5432/somaagent", repr=False)
+    # Kafka authentication (app/kafka_auth.py): SASL (SCRAM-SHA-512/256 or PLAIN) and/or TLS for every client
+    # of the worker; off (PLAINTEXT) by default for the local stack
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    # TLS to the brokers: on with a CA file (or "system" for the system's CAs); a client certificate optional
+    kafka_ssl_cafile: str = ""
+    kafka_ssl_certfile: str = ""
+    kafka_ssl_keyfile: str = ""
     # topics: every session-keyed topic shares one partition count (one owner per session)
     topic_prefix: str = ""
     topic_partitions: int = 3
@@ -268,6 +277,7 @@ class Settings:
                 "SOMA_MAX_EVENT_BYTES, SOMA_TOOL_TIMEOUT_SECONDS and SOMA_HTTP_FETCH_MAX_BYTES are too small"
             )
         self._validate_auth()
+        self._validate_kafka_auth()
         self.http_fetch_port_set()
         if self.stream_recovery_max < 1 or self.stream_queue_max < 1 or self.ws_max_message_bytes < 1024:
             raise SettingsError(
@@ -375,6 +385,41 @@ class Settings:
             http_fetch_max_bytes=self.http_fetch_max_bytes,
             max_event_bytes=self.max_event_bytes,
         )
+
+    def _validate_kafka_auth(self) -> None:
+        mechanisms = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+        if self.kafka_sasl_mechanism and self.kafka_sasl_mechanism not in mechanisms:
+            raise SettingsError(f"SOMA_KAFKA_SASL_MECHANISM must be one of {', '.join(mechanisms)}")
+        if self.kafka_sasl_mechanism and not (self.kafka_sasl_username and self.kafka_sasl_password):
+            raise SettingsError("SOMA_KAFKA_SASL_MECHANISM needs SOMA_KAFKA_SASL_USERNAME and SOMA_KAFKA_SASL_PASSWORD")
+        if self.kafka_sasl_mechanism == "PLAIN" and not self.kafka_ssl_cafile:
+            raise SettingsError("SASL PLAIN sends the password as it is: it needs TLS (SOMA_KAFKA_SSL_CAFILE)")
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise SettingsError("SOMA_KAFKA_SSL_CERTFILE and SOMA_KAFKA_SSL_KEYFILE go together")
+        if self.kafka_ssl_certfile and not self.kafka_ssl_cafile:
+            raise SettingsError("a client certificate (SOMA_KAFKA_SSL_CERTFILE) needs SOMA_KAFKA_SSL_CAFILE")
+
+    def kafka_security(self) -> dict[str, Any]:
+        """The aiokafka arguments for the brokers' listener: security protocol, SASL and TLS."""
+        context = None
+        if self.kafka_ssl_cafile:
+            import ssl
+
+            cafile = None if self.kafka_ssl_cafile == "system" else self.kafka_ssl_cafile
+            context = ssl.create_default_context(cafile=cafile)
+            if self.kafka_ssl_certfile:
+                context.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+        if self.kafka_sasl_mechanism:
+            return {
+                "security_protocol": "SASL_SSL" if context else "SASL_PLAINTEXT",
+                "sasl_mechanism": self.kafka_sasl_mechanism,
+                "sasl_plain_username": self.kafka_sasl_username,
+                "sasl_plain_password": self.kafka_sasl_password,
+                "ssl_context": context,
+            }
+        if context is not None:
+            return {"security_protocol": "SSL", "ssl_context": context}
+        return {"security_protocol": "PLAINTEXT"}
 
     def _validate_auth(self) -> None:
         """One key family, its own algorithms only, a bounded leeway (RFC 8725)."""

@@ -65,11 +65,23 @@ class KafkaBroker(Component):
     name = "kafka"
     start_seconds = 90.0
 
-    def __init__(self, host: str, port: int, home: Path, cache_dir: Path, partitions: int = 3) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        home: Path,
+        cache_dir: Path,
+        partitions: int = 3,
+        scram: tuple[str, str] | None = None,
+    ) -> None:
+        """``scram``: (user, password) of a SASL_PLAINTEXT listener with SCRAM-SHA-512 on ``port + 2``, the user
+        created when the storage is formatted (the PLAINTEXT listener on ``port`` stays, for the stack's probe)."""
         super().__init__(host, port, home)
         self.cache_dir = cache_dir
         self.partitions = partitions
         self.controller_port = port + 1
+        self.scram = scram
+        self.sasl_port = port + 2
 
     @classmethod
     def from_bootstrap(cls, bootstrap: str, home: Path, cache_dir: Path, partitions: int = 3) -> KafkaBroker:
@@ -128,6 +140,25 @@ class KafkaBroker(Component):
     def install(self) -> None:
         fetch_jars(self.cache_dir)
 
+    def _listeners(self) -> list[str]:
+        plain = f"PLAINTEXT://{self.host}:{self.port}"
+        controller = f"CONTROLLER://{self.host}:{self.controller_port}"
+        if self.scram is None:
+            return [
+                f"listeners={plain},{controller}",
+                f"advertised.listeners={plain}",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            ]
+        sasl = f"SASL_PLAINTEXT://{self.host}:{self.sasl_port}"
+        return [
+            f"listeners={plain},{controller},{sasl}",
+            f"advertised.listeners={plain},{sasl}",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms=SCRAM-SHA-512",
+            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        ]
+
     def prepare(self) -> None:
         data = self.home / "data"
         self.config_path.write_text(
@@ -136,11 +167,9 @@ class KafkaBroker(Component):
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.bootstrap.servers={self.host}:{self.controller_port}",
-                    f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+                    *self._listeners(),
                     "controller.listener.names=CONTROLLER",
                     "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
                     f"log.dirs={data}",
                     f"num.partitions={self.partitions}",
                     "offsets.topic.replication.factor=1",
@@ -169,6 +198,11 @@ class KafkaBroker(Component):
                 "-c",
                 str(self.config_path),
                 "--standalone",
+                *(
+                    ["--add-scram", f"SCRAM-SHA-512=[name={self.scram[0]},password={self.scram[1]}]"]
+                    if self.scram
+                    else []
+                ),
             ],
             check=True,
             stdout=subprocess.DEVNULL,

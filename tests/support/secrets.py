@@ -13,9 +13,10 @@ _given: set[str] = set()
 
 def note(env: dict[str, str]) -> None:
     """Remember the secrets of a worker's environment."""
-    value = env.get("SOMA_JWT_SECRET")
-    if value:
-        _given.add(value)
+    for name in ("SOMA_JWT_SECRET", "SOMA_KAFKA_SASL_PASSWORD"):
+        value = env.get(name)
+        if value:
+            _given.add(value)
 
 
 def leaks(paths: list[Path]) -> list[str]:
