@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import jwt
 import pytest
 
 from app.settings import Settings
+from deploy.localstack.base import free_port
 from deploy.localstack.go_tools import SCHEMATHESIS
+from deploy.localstack.opa_server import OpaServer
 from tests.support.isolation import Isolated
 from tests.support.worker import Worker, running
 
@@ -33,8 +36,24 @@ EXCLUDED_CHECKS = "positive_data_acceptance,allow_header_conformance"
 
 
 @pytest.fixture(scope="module")
-async def worker(iso_module: Isolated, artifacts: Path) -> AsyncIterator[Worker]:
-    env = iso_module.env(SOMA_AUTH_REQUIRED="1", SOMA_JWT_SECRET=SECRET)
+def opa(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpaServer]:
+    server = OpaServer("127.0.0.1", free_port(), tmp_path_factory.mktemp("opa"), stack.cache_dir)
+    server.up()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+async def worker(iso_module: Isolated, opa: OpaServer, artifacts: Path) -> AsyncIterator[Worker]:
+    # the policy (403 for /v1/worker without the admin scope) and a rate limit that some bursts pass (429):
+    # every answer the document lists can occur, and each must conform
+    env = iso_module.env(
+        SOMA_AUTH_REQUIRED="1",
+        SOMA_JWT_SECRET=SECRET,
+        SOMA_OPA_URL=opa.url,
+        SOMA_RATE_LIMIT_PER_SECOND="100",
+        SOMA_RATE_LIMIT_BURST="50",
+    )
     async with running(env, artifacts / "logs" / f"contract-{iso_module.tag}.log") as worker:
         yield worker
 
@@ -77,3 +96,11 @@ async def test_schemathesis_finds_no_defect_with_a_valid_token(
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
     assert token not in output
+    # the run met the answers it was meant to check: tokens refused (401) and requests the policy denied (403)
+    admin = jwt.encode({"sub": "ops", "tenant": "acme", "scope": "admin", "iat": now, "exp": now + 600}, SECRET)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(worker.url + "/v1/worker", headers={"Authorization": f"Bearer {admin}"}) as resp,
+    ):
+        seen = (await resp.json())["auth"]
+    assert seen["refused"] > 0 and seen["policy_denied"] > 0, seen
