@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from app.auth import ANONYMOUS, Authenticator, InvalidToken, Unauthenticated
 from app.settings import Settings
 from deploy.localstack.base import free_port
+from tests.support import secrets
 from tests.support.client import SseReader, ws_frames
 from tests.support.db import query, wait_rows
 from tests.support.isolation import Isolated
@@ -167,7 +168,10 @@ async def call(
         http.request(method, worker.url + path, json=body, headers=headers) as resp,
     ):
         text = await resp.text()
-        return resp.status, dict(resp.headers), json.loads(text) if text else None
+        answer = json.loads(text) if text else None
+    if isinstance(answer, dict) and isinstance(answer.get("ticket"), str):
+        secrets.remember(answer["ticket"])  # a ticket must not reach a log (checked at the end of the suite)
+    return resp.status, dict(resp.headers), answer
 
 
 async def post(worker: Worker, token: str | None, session: str, text: str = "hi", **extra: Any) -> tuple[int, Any]:

@@ -1,4 +1,5 @@
-"""Secrets the suite hands to workers, and the check that none of them, nor any token, reaches a log."""
+"""Secrets the suite hands to workers or gets from them (tickets), and the check that none of them, nor any
+token, reaches a log."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ def note(env: dict[str, str]) -> None:
         value = env.get(name)
         if value:
             _given.add(value)
+
+
+def remember(value: str) -> None:
+    """Remember a credential a test was given (a stream ticket): it must not reach a log either."""
+    _given.add(value)
 
 
 def leaks(paths: list[Path]) -> list[str]:
