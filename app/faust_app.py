@@ -31,7 +31,7 @@ from app.transport import ResumeKeepingFlowControl, SomaTransport
 log = logging.getLogger(__name__)
 
 # agents, tables and views register themselves on the app when faust scans these packages
-DISCOVERED = ["tables", "agents", "views"]
+DISCOVERED = ["tables", "agents", "views", "ops"]
 
 
 class SomaApp(faust.App):

@@ -1,0 +1,1 @@
+"""Operators' and developers' commands, registered with faust's CLI (``faust -A app <command> --help``)."""

@@ -1,0 +1,99 @@
+"""The operations commands as an operator runs them: ``faust -A app <command>`` against a real worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from deploy.localstack.base import free_port
+from tests.support.client import post_message
+from tests.support.db import wait_rows
+from tests.support.isolation import Isolated
+from tests.support.worker import FAUST, ROOT, Worker, running
+
+
+@pytest.fixture(scope="module")
+async def worker(iso_module: Isolated, artifacts: Path) -> AsyncIterator[Worker]:
+    async with running(iso_module.env(), artifacts / "logs" / f"cli-{iso_module.tag}.log") as worker:
+        yield worker
+
+
+async def faust(iso: Isolated, *args: str, timeout: float = 120) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(FAUST), "-A", "app", *args, env=iso.env(), cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def send(worker: Worker, session: str, texts: list[str]) -> None:
+    for text in texts:
+        status, answer = await post_message(worker.url, {"session_id": session, "message": text})
+        assert status == 202, answer
+
+
+async def test_follow_session_prints_history_then_live_events_without_gap_or_duplicate(
+    worker: Worker, iso_module: Isolated
+) -> None:
+    session = f"cli-{uuid.uuid4().hex[:8]}"
+    await send(worker, session, [f"m{n}" for n in range(1, 6)])
+    await wait_rows(
+        iso_module.settings.postgres_dsn, "SELECT 1 FROM session_events WHERE session_id = %s", (session,), 5
+    )
+
+    code, out, err = await faust(iso_module, "follow-session", session, "--url", worker.url, "--format", "json")
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [(e["seq"], e["message"]) for e in events] == [(n, f"m{n}") for n in range(1, 6)]
+
+    code, out, _ = await faust(
+        iso_module, "follow-session", session, "--url", worker.url, "--after", "2", "--limit", "2"
+    )
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()] == ["3", "4"]
+    assert "user.message" in out and "m3" in out
+
+    # --follow: the stored five, then two sent while it runs; it stops at --limit
+    proc = await asyncio.create_subprocess_exec(
+        str(FAUST), "-A", "app", "follow-session", session, "--url", worker.url, "--format", "json", "--follow",
+        "--limit", "7", env=iso_module.env(), cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    first = [json.loads(await asyncio.wait_for(proc.stdout.readline(), 60)) for _ in range(5)]
+    await send(worker, session, ["live 6", "live 7"])
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err
+    live = [json.loads(line) for line in out.decode().splitlines()]
+    assert [e["seq"] for e in first + live] == list(range(1, 8))
+    assert [e["message"] for e in live] == ["live 6", "live 7"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected_code", "says"),
+    [
+        (["--format", "xml"], 2, "--format must be text or json"),
+        (["--after", "-1"], 2, "--after and --limit must be >= 0"),
+        (["--url", "http://127.0.0.1:{free}"], 2, "cannot reach"),
+    ],
+)
+async def test_follow_session_refuses_bad_arguments_in_one_line(
+    worker: Worker, iso_module: Isolated, args: list[str], expected_code: int, says: str
+) -> None:
+    args = [a.replace("{free}", str(free_port())) for a in args]
+    if "--url" not in args:
+        args += ["--url", worker.url]
+    code, out, err = await faust(iso_module, "follow-session", "some-session", *args)
+    assert code == expected_code, (out, err)
+    assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+async def test_follow_session_of_an_unknown_session_exits_1(worker: Worker, iso_module: Isolated) -> None:
+    code, _, err = await faust(iso_module, "follow-session", f"none-{uuid.uuid4().hex[:6]}", "--url", worker.url)
+    assert code == 1 and "404 session_not_found" in err and "Traceback" not in err, err
