@@ -8,6 +8,7 @@ server is one line on stderr and the exit code tells the outcome.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from typing import Any, NoReturn
 
@@ -34,6 +35,8 @@ class OpsCommand(AppCommand):
         args = self.args + args
         kwargs = {**self.kwargs, **kwargs}
         name = type(self).__name__.replace("_", "-")
+        # the clients' own logging of a refused connection would be a second, noisier line: the command says it
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
         try:
             code = asyncio.run(self.run(*args, **kwargs))
         except CommandError as exc:

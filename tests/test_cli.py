@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from deploy.localstack.base import free_port
 from tests.support.client import post_message
 from tests.support.db import wait_rows
 from tests.support.isolation import Isolated
+from tests.support.kafka import create_topic, produce, read_topic
 from tests.support.worker import FAUST, ROOT, Worker, running
 
 
@@ -97,3 +99,51 @@ async def test_follow_session_refuses_bad_arguments_in_one_line(
 async def test_follow_session_of_an_unknown_session_exits_1(worker: Worker, iso_module: Isolated) -> None:
     code, _, err = await faust(iso_module, "follow-session", f"none-{uuid.uuid4().hex[:6]}", "--url", worker.url)
     assert code == 1 and "404 session_not_found" in err and "Traceback" not in err, err
+
+
+async def test_dlq_list_and_show_the_dead_letters_with_their_reason(worker: Worker, iso_module: Isolated) -> None:
+    settings = iso_module.settings
+    topic = iso_module.topic("conversation.inbound")
+    await create_topic(settings.kafka_bootstrap, topic, settings.topic_partitions)
+    session = f"dlq-{uuid.uuid4().hex[:6]}"
+    await produce(settings.kafka_bootstrap, topic, [(session.encode(), b"{not json at all", [])])
+    await read_topic(settings.kafka_bootstrap, iso_module.topic("conversation.inbound.dlq"), expect=1, timeout=60)
+
+    code, out, err = await faust(iso_module, "dlq", "list", "--format", "json")
+    assert code == 0, err
+    (letter,) = [json.loads(line) for line in out.splitlines() if session in line]
+    assert letter["error_class"] == "json.decoder.JSONDecodeError"
+    assert (letter["source_topic"], letter["value"], letter["attempts"]) == (topic, "{not json at all", 1)
+
+    code, out, _ = await faust(iso_module, "dlq", "list", "--topic", "conversation.inbound")
+    assert code == 0 and "JSONDecodeError" in out and "attempts=1" in out and f"from {topic}[" in out
+    code, out, _ = await faust(iso_module, "dlq", "list", "--error-class", "NoSuchError")
+    assert (code, out) == (0, "")
+    code, out, _ = await faust(iso_module, "dlq", "list", "--since", "2999-01-01T00:00:00Z")
+    assert (code, out) == (0, "")
+
+    place = [letter["dlq_topic"], str(letter["dlq_partition"]), str(letter["dlq_offset"])]
+    code, out, err = await faust(iso_module, "dlq", "show", *place)
+    assert code == 0, err
+    assert json.loads(out)["stacktrace"].startswith("Traceback")
+    code, _, err = await faust(iso_module, "dlq", "show", place[0], place[1], "999999")
+    assert code == 1 and "no dead letter at" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["list", "--since", "yesterday"], "is not an ISO 8601 time"),
+        (["list", "--topic", "nope"], "unknown topic 'nope'"),
+        (["show", "x"], "usage: dlq show TOPIC PARTITION OFFSET"),
+        (["redo"], "unknown action 'redo'"),
+        (["list", "--broker-down"], "cannot reach the broker at 127.0.0.1:"),
+    ],
+)
+async def test_dlq_refuses_bad_arguments_in_one_line(iso_module: Isolated, args: list[str], says: str) -> None:
+    if args == ["list", "--broker-down"]:
+        down = dataclasses.replace(iso_module.settings, kafka_bootstrap=f"127.0.0.1:{free_port()}")
+        iso_module = dataclasses.replace(iso_module, settings=down)
+        args = ["list"]
+    code, _, err = await faust(iso_module, "dlq", *args)
+    assert code == 2 and says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
