@@ -147,3 +147,46 @@ async def test_dlq_refuses_bad_arguments_in_one_line(iso_module: Isolated, args:
         args = ["list"]
     code, _, err = await faust(iso_module, "dlq", *args)
     assert code == 2 and says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("route", ["--http", "--direct"])
+async def test_send_message_waits_until_the_message_is_stored(worker: Worker, iso_module: Isolated, route: str) -> None:
+    session = f"send-{uuid.uuid4().hex[:6]}"
+    await send(worker, session, ["an earlier one"])  # the command watches from the head: the old event is no answer
+    code, out, err = await faust(
+        iso_module, "send-message", "hello from the command line", "--session", session, "--url", worker.url, route
+    )
+    assert code == 0, err
+    sent, stored = out.splitlines()
+    assert sent.startswith("sent ") and sent.endswith(f"to session {session}")
+    assert stored == "stored as seq 2"  # same key, same partition: after the earlier one
+    rows = await wait_rows(
+        iso_module.settings.postgres_dsn,
+        "SELECT payload->>'message' AS message FROM session_events WHERE session_id = %s ORDER BY seq",
+        (session,),
+        2,
+    )
+    assert sorted(row["message"] for row in rows) == ["an earlier one", "hello from the command line"]
+
+
+async def test_send_message_reports_a_reply_that_does_not_come(worker: Worker, iso_module: Isolated) -> None:
+    # no responder runs yet (issue 14): the message is stored, the reply does not come within the timeout
+    code, out, err = await faust(
+        iso_module, "send-message", "anyone there?", "--url", worker.url, "--wait-for", "reply", "--timeout", "5"
+    )
+    assert code == 1, (out, err)
+    assert "stored as seq 1" in out and "not answered within 5 s" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["   "], "the message must not be empty"),
+        (["hi", "--wait-for", "forever"], "--wait-for must be stored or reply"),
+        (["hi", "--url", "http://127.0.0.1:{free}"], "cannot reach http://127.0.0.1:"),
+    ],
+)
+async def test_send_message_refuses_bad_arguments_in_one_line(iso_module: Isolated, args: list[str], says: str) -> None:
+    args = [a.replace("{free}", str(free_port())) for a in args]
+    code, _, err = await faust(iso_module, "send-message", *args)
+    assert code == 2 and says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
