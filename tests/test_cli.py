@@ -14,7 +14,7 @@ import pytest
 from deploy.localstack.base import free_port
 from tests.support.client import post_message
 from tests.support.db import wait_rows
-from tests.support.isolation import Isolated
+from tests.support.isolation import RUN_PREFIX, Isolated, admin_execute, with_database
 from tests.support.kafka import create_topic, produce, read_topic
 from tests.support.worker import FAUST, ROOT, Worker, running
 
@@ -190,3 +190,22 @@ async def test_send_message_refuses_bad_arguments_in_one_line(iso_module: Isolat
     args = [a.replace("{free}", str(free_port())) for a in args]
     code, _, err = await faust(iso_module, "send-message", *args)
     assert code == 2 and says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+async def test_migrate_applies_rolls_back_and_says_how_many(iso_module: Isolated) -> None:
+    stack = iso_module.settings
+    name = f"{RUN_PREFIX}cli_{uuid.uuid4().hex[:8]}"
+    await asyncio.to_thread(admin_execute, stack.postgres_dsn, f'CREATE DATABASE "{name}"')
+    try:
+        dsn = with_database(stack.postgres_dsn, name)
+        fresh = dataclasses.replace(iso_module, settings=dataclasses.replace(stack, postgres_dsn=dsn))
+        files = await asyncio.to_thread(lambda: list((ROOT / "migrations").glob("*.sql")))
+        expected = len([p for p in files if not p.name.endswith(".rollback.sql")])
+        assert await faust(fresh, "migrate") == (0, f"migrations: {expected} applied\n", "")
+        assert await faust(fresh, "migrate") == (0, "migrations: 0 applied\n", "")
+        assert await faust(fresh, "migrate", "--rollback") == (0, f"migrations: {expected} rolled back\n", "")
+    finally:
+        await asyncio.to_thread(admin_execute, stack.postgres_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    away = dataclasses.replace(stack, postgres_dsn=f"postgresql://somaagent:somaagent@127.0.0.1:{free_port()}/x")
+    code, _, err = await faust(dataclasses.replace(iso_module, settings=away), "migrate")
+    assert code == 2 and err.startswith("migrate: cannot reach PostgreSQL") and len(err.strip().splitlines()) == 1
