@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -403,8 +404,6 @@ class Settings:
         """The aiokafka arguments for the brokers' listener: security protocol, SASL and TLS."""
         context = None
         if self.kafka_ssl_cafile:
-            import ssl
-
             cafile = None if self.kafka_ssl_cafile == "system" else self.kafka_ssl_cafile
             context = ssl.create_default_context(cafile=cafile)
             if self.kafka_ssl_certfile:

@@ -9,15 +9,43 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from typing import Any, NoReturn
 
+from faust.cli import option
 from faust.cli.base import AppCommand
+
+from app import app
+
+# a bearer token for the worker's API, when its authentication is on
+TOKEN_VARIABLE = "SOMAAGENT_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+# the options of every command that talks to a worker
+WORKER_OPTIONS = (
+    option("--url", default=None, help="a worker's base URL [default: http://127.0.0.1:<SOMA_WEB_PORT>]"),
+    option("--token", default=None, help=f"bearer token (default: ${TOKEN_VARIABLE})"),
+)
 
 # exit codes: 0 done; 1 the outcome was a failure (not found, refused, timed out); 2 bad arguments or a server
 # that cannot be reached
 FAILED = 1
 USAGE = 2
+
+
+def worker_url(url: str | None) -> str:
+    """The worker a command talks to: ``--url``, else this machine's (``SOMA_WEB_PORT``)."""
+    return (url or f"http://127.0.0.1:{app.settings.web_port}").rstrip("/")
+
+
+def bearer_headers(token: str | None) -> dict[str, str]:
+    """The Authorization header of ``--token``, else of ``$SOMAAGENT_TOKEN``; none without either."""
+    token = token or os.environ.get(TOKEN_VARIABLE) or None
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def stream_url(base: str, session: str, after: int) -> str:
+    """The session's WebSocket stream on worker ``base``, resuming after seq ``after``."""
+    return base.replace("http", "ws", 1) + f"/v1/session/{session}/stream?after={after}"
 
 
 class CommandError(Exception):

@@ -8,7 +8,6 @@ exactly after it). Authentication: ``--token`` or the ``SOMAAGENT_TOKEN`` variab
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any
 
@@ -16,10 +15,18 @@ import aiohttp
 from faust.cli import argument, option
 
 from app import app
-from ops.base import FAILED, USAGE, CommandError, OpsCommand
+from ops.base import (
+    FAILED,
+    USAGE,
+    WORKER_OPTIONS,
+    CommandError,
+    OpsCommand,
+    bearer_headers,
+    stream_url,
+    worker_url,
+)
 
 PAGE = 1_000
-TOKEN_VARIABLE = "SOMAAGENT_TOKEN"  # noqa: S105 - the name of a variable, not a secret
 
 
 def _line(event: dict[str, Any], fmt: str) -> str:
@@ -31,13 +38,9 @@ def _line(event: dict[str, Any], fmt: str) -> str:
     return f"{event.get('seq', '?'):>6}  {event.get('occurred_at', '')}  {event.get('type', '?'):<16} {text}"
 
 
-def _headers(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-async def _get(http: aiohttp.ClientSession, url: str, token: str | None) -> dict[str, Any]:
+async def _get(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> dict[str, Any]:
     try:
-        async with http.get(url, headers=_headers(token)) as resp:
+        async with http.get(url, headers=headers) as resp:
             body: dict[str, Any] = await resp.json(content_type=None)
             if resp.status == 200:
                 return body
@@ -50,12 +53,11 @@ async def _get(http: aiohttp.ClientSession, url: str, token: str | None) -> dict
 
 @app.command(
     argument("session"),
-    option("--url", default=None, help="a worker's base URL [default: http://127.0.0.1:<SOMA_WEB_PORT>]"),
+    *WORKER_OPTIONS,
     option("--after", type=int, default=0, show_default=True, help="print events with seq > AFTER"),
     option("--limit", type=int, default=0, help="print at most this many events (0: all) and stop"),
     option("--follow/--no-follow", default=False, help="after the stored events, print live ones until Ctrl-C"),
     option("--format", "fmt", default="text", show_default=True, help="text (one line each) or json"),
-    option("--token", default=None, help=f"bearer token (default: ${TOKEN_VARIABLE})"),
     base=OpsCommand,
 )
 async def follow_session(
@@ -73,14 +75,14 @@ async def follow_session(
         raise CommandError(f"--format must be text or json, not {fmt!r}")
     if after < 0 or limit < 0:
         raise CommandError("--after and --limit must be >= 0")
-    base = (url or f"http://127.0.0.1:{app.settings.web_port}").rstrip("/")
-    token = token or os.environ.get(TOKEN_VARIABLE) or None
+    base = worker_url(url)
+    headers = bearer_headers(token)
     printed = 0
     last = after
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)) as http:
         while True:
             size = PAGE if not limit else min(PAGE, limit - printed)
-            page = await _get(http, f"{base}/v1/session/{session}/events?after={last}&limit={size}", token)
+            page = await _get(http, f"{base}/v1/session/{session}/events?after={last}&limit={size}", headers)
             for event in page["events"]:
                 print(_line(event, fmt), flush=True)
                 last = event["seq"]
@@ -89,9 +91,8 @@ async def follow_session(
                 break
         if not follow or (limit and printed >= limit):
             return 0
-        ws_url = base.replace("http", "ws", 1) + f"/v1/session/{session}/stream?after={last}"
         try:
-            async with http.ws_connect(ws_url, headers=_headers(token), heartbeat=20) as ws:
+            async with http.ws_connect(stream_url(base, session, last), headers=headers, heartbeat=20) as ws:
                 async for message in ws:
                     if message.type != aiohttp.WSMsgType.TEXT:
                         break

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from typing import Any
 
@@ -24,18 +23,13 @@ from faust.cli import argument, option
 from app import app, events, schemas
 from app.errors import EventInvalid
 from app.topics import CONVERSATION_INBOUND
-from ops.base import FAILED, USAGE, CommandError, OpsCommand
-from ops.follow import TOKEN_VARIABLE
+from ops.base import FAILED, USAGE, WORKER_OPTIONS, CommandError, OpsCommand, bearer_headers, stream_url, worker_url
 
 WAIT_FOR = ("stored", "reply")
 
 
-def _headers(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-async def _head(http: aiohttp.ClientSession, base: str, session: str, token: str | None) -> int:
-    async with http.get(f"{base}/v1/session/{session}", headers=_headers(token)) as resp:
+async def _head(http: aiohttp.ClientSession, base: str, session: str, headers: dict[str, str]) -> int:
+    async with http.get(f"{base}/v1/session/{session}", headers=headers) as resp:
         body: dict[str, Any] = await resp.json(content_type=None)
         if resp.status == 404:
             return 0
@@ -45,8 +39,8 @@ async def _head(http: aiohttp.ClientSession, base: str, session: str, token: str
         return int(body["last_seq"])
 
 
-async def _post(http: aiohttp.ClientSession, base: str, body: dict[str, Any], token: str | None) -> str:
-    async with http.post(f"{base}/v1/session/message", json=body, headers=_headers(token)) as resp:
+async def _post(http: aiohttp.ClientSession, base: str, body: dict[str, Any], headers: dict[str, str]) -> str:
+    async with http.post(f"{base}/v1/session/message", json=body, headers=headers) as resp:
         answer: dict[str, Any] = await resp.json(content_type=None)
         if resp.status != 202:
             error = answer.get("error", {})
@@ -86,8 +80,7 @@ async def _produce(body: dict[str, Any]) -> str:
     option("--direct/--http", default=False, help="produce straight to Kafka instead of posting to a worker"),
     option("--wait-for", default="stored", show_default=True, help="stored (its seq) or reply (an assistant.final)"),
     option("--timeout", "seconds", type=float, default=30.0, show_default=True, help="seconds to wait for it"),
-    option("--url", default=None, help="a worker's base URL [default: http://127.0.0.1:<SOMA_WEB_PORT>]"),
-    option("--token", default=None, help=f"bearer token (default: ${TOKEN_VARIABLE})"),
+    *WORKER_OPTIONS,
     base=OpsCommand,
 )
 async def send_message(
@@ -110,14 +103,13 @@ async def send_message(
     body: dict[str, Any] = {"session_id": session, "message": text}
     if persona:
         body["persona_id"] = persona
-    base = (url or f"http://127.0.0.1:{app.settings.web_port}").rstrip("/")
-    token = token or os.environ.get(TOKEN_VARIABLE) or None
+    base = worker_url(url)
+    headers = bearer_headers(token)
     try:
         async with aiohttp.ClientSession() as http:
-            head = await _head(http, base, session, token)
-            stream = base.replace("http", "ws", 1) + f"/v1/session/{session}/stream?after={head}"
-            async with http.ws_connect(stream, headers=_headers(token), heartbeat=20) as ws:
-                event_id = await (_produce(body) if direct else _post(http, base, body, token))
+            head = await _head(http, base, session, headers)
+            async with http.ws_connect(stream_url(base, session, head), headers=headers, heartbeat=20) as ws:
+                event_id = await (_produce(body) if direct else _post(http, base, body, headers))
                 print(f"sent {event_id} to session {session}", flush=True)
                 return await _watch(ws, event_id, wait_for, seconds)
     except aiohttp.WSServerHandshakeError as exc:

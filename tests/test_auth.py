@@ -86,13 +86,14 @@ class JwksServer:
         self.mode = "ok"
         self.fetches = 0
         self.url = ""
+        self.released = asyncio.Event()  # a "slow" fetch hangs until the server is torn down
 
     async def handle(self, _: web.Request) -> web.Response:
         self.fetches += 1
         if self.mode == "down":
             return web.Response(status=503, text="down")
         if self.mode == "slow":
-            await asyncio.sleep(30)
+            await self.released.wait()
         return web.json_response(self.keys.jwks())
 
 
@@ -112,6 +113,7 @@ async def jwks(keys: Keys) -> AsyncIterator[JwksServer]:
     await web.TCPSite(runner, "127.0.0.1", port).start()
     server.url = f"http://127.0.0.1:{port}/jwks.json"
     yield server
+    server.released.set()
     await runner.cleanup()
 
 

@@ -19,10 +19,10 @@ import jwt
 import pytest
 
 from app.settings import Settings
-from deploy.localstack.base import free_port
 from deploy.localstack.go_tools import SCHEMATHESIS
 from deploy.localstack.opa_server import OpaServer
 from tests.support.isolation import Isolated
+from tests.support.private import private_opa
 from tests.support.worker import Worker, running
 
 SECRET = "contract-test-secret-of-32-bytes-or-more"
@@ -36,11 +36,9 @@ EXCLUDED_CHECKS = "positive_data_acceptance,allow_header_conformance"
 
 
 @pytest.fixture(scope="module")
-def opa(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpaServer]:
-    server = OpaServer("127.0.0.1", free_port(), tmp_path_factory.mktemp("opa"), stack.cache_dir)
-    server.up()
-    yield server
-    server.stop()
+def opa(stack: Settings) -> Iterator[OpaServer]:
+    with private_opa(stack) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import random
-import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +13,9 @@ import aiohttp
 import pytest
 
 from app.settings import Settings
-from deploy.localstack.base import free_port, port_open
+from deploy.localstack.base import free_port
 from deploy.localstack.kafka_broker import KafkaBroker
+from tests.support import private
 from tests.support.blocking import off_loop
 from tests.support.client import get_json
 from tests.support.db import query, wait_rows
@@ -80,16 +78,8 @@ async def test_postgres_stopped_for_20_s_mid_stream_loses_nothing(
 
 @pytest.fixture
 def private_kafka(stack: Settings) -> Iterator[KafkaBroker]:
-    home = stack.stack_dir / "test-instances" / f"kafka-{uuid.uuid4().hex[:8]}"
-    while True:
-        port = random.randrange(20000, 30000)
-        if not port_open("127.0.0.1", port) and not port_open("127.0.0.1", port + 1):
-            break
-    broker = KafkaBroker("127.0.0.1", port, home, stack.cache_dir)
-    broker.up()
-    yield broker
-    broker.stop()
-    shutil.rmtree(home, ignore_errors=True)
+    with private.private_kafka(stack) as broker:
+        yield broker
 
 
 async def test_the_broker_restarted_mid_stream_loses_nothing(

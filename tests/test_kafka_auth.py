@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,11 +17,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from app.settings import Settings
-from deploy.localstack.base import free_port
 from deploy.localstack.kafka_broker import KafkaBroker
 from tests.support.client import post_message
 from tests.support.db import wait_rows
 from tests.support.isolation import Isolated
+from tests.support.private import private_kafka
 from tests.support.worker import Worker, running
 
 USER = "soma"
@@ -31,14 +30,8 @@ PASSWORD = "scram-test-password-" + uuid.uuid4().hex[:12]
 
 @pytest.fixture(scope="module")
 def broker(stack: Settings) -> Iterator[KafkaBroker]:
-    home = stack.stack_dir / "test-instances" / f"kafka-scram-{uuid.uuid4().hex[:8]}"
-    server = KafkaBroker("127.0.0.1", free_port(), home, stack.cache_dir, scram=(USER, PASSWORD))
-    server.up()
-    try:
+    with private_kafka(stack, scram=(USER, PASSWORD)) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

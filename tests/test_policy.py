@@ -21,24 +21,22 @@ import pytest
 
 from app.policy import Policy
 from app.settings import Settings
-from deploy.localstack.base import free_port
 from deploy.localstack.go_tools import OPA
 from deploy.localstack.opa_server import POLICY_DIR, OpaServer
 from tests.support.db import wait_rows
 from tests.support.events import record, tool_request
 from tests.support.isolation import Isolated
 from tests.support.kafka import create_topic, produce
+from tests.support.private import private_opa
 from tests.support.worker import Worker, running
 
 SECRET = "policy-test-secret-of-32-bytes-or-more"
 
 
 @pytest.fixture(scope="module")
-def opa(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpaServer]:
-    server = OpaServer("127.0.0.1", free_port(), tmp_path_factory.mktemp("opa"), stack.cache_dir)
-    server.up()
-    yield server
-    server.stop()
+def opa(stack: Settings) -> Iterator[OpaServer]:
+    with private_opa(stack) as server:
+        yield server
 
 
 def token(scope: str, tenant: str = "acme") -> str:

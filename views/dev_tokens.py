@@ -75,7 +75,7 @@ class DevToken(ApiView):
             raise InvalidParameter(f"ttl_seconds must be an integer from 1 to {MAX_TTL_SECONDS}")
         now = int(time.time())
         claims: dict[str, Any] = {
-            settings.auth().tenant_claims[0]: values["tenant"],
+            settings.jwt_tenant_claims.split(",")[0].strip(): values["tenant"],
             "sub": values["subject"],
             "scope": values["scope"],
             "iat": now,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from app.settings import Settings
-from deploy.localstack.base import free_port
+from deploy.localstack.base import free_port, port_open
+from deploy.localstack.kafka_broker import KafkaBroker
+from deploy.localstack.opa_server import OpaServer
 from deploy.localstack.postgres_server import PostgresServer
 from deploy.localstack.redis_server import RedisServer
 
@@ -33,6 +36,37 @@ def private_postgres(settings: Settings) -> Iterator[PostgresServer]:
     home = settings.stack_dir / "test-instances" / f"postgres-{uuid.uuid4().hex[:8]}"
     port = free_port()
     server = PostgresServer("127.0.0.1", port, home, f"postgresql://somaagent:somaagent@127.0.0.1:{port}/somaagent")
+    server.up()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@contextmanager
+def private_kafka(settings: Settings, scram: tuple[str, str] | None = None) -> Iterator[KafkaBroker]:
+    """A Kafka broker of the test's own, optionally with a SCRAM listener; it needs three ports in a row
+    (client, controller, SASL), so they are chosen together."""
+    home = settings.stack_dir / "test-instances" / f"kafka-{uuid.uuid4().hex[:8]}"
+    while True:
+        port = random.randrange(20000, 30000)
+        if not any(port_open("127.0.0.1", port + n) for n in range(3)):
+            break
+    broker = KafkaBroker("127.0.0.1", port, home, settings.cache_dir, scram=scram)
+    broker.up()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@contextmanager
+def private_opa(settings: Settings) -> Iterator[OpaServer]:
+    """The project's policy in an OPA of the test's own (its binary built by ``make tools``)."""
+    home = settings.stack_dir / "test-instances" / f"opa-{uuid.uuid4().hex[:8]}"
+    server = OpaServer("127.0.0.1", free_port(), home, settings.cache_dir)
     server.up()
     try:
         yield server
