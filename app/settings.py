@@ -105,6 +105,10 @@ class Settings:
     topic_prefix: str = ""
     topic_partitions: int = 3
     topic_replication: int = 1
+    # a write (acks=all) succeeds only while this many replicas have it; 0: the broker's default
+    topic_min_insync_replicas: int = 0
+    # dead letters are kept this long (hours) before the broker may delete them; 0: forever
+    dlq_retention_hours: float = 672.0
     # the worker's web server
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -240,6 +244,12 @@ class Settings:
             raise SettingsError(f"SOMA_WEB_PORT must be a TCP port, not {self.web_port}")
         if self.topic_partitions < 1 or self.topic_replication < 1:
             raise SettingsError("SOMA_TOPIC_PARTITIONS and SOMA_TOPIC_REPLICATION must be >= 1")
+        if not 0 <= self.topic_min_insync_replicas <= self.topic_replication:
+            raise SettingsError(
+                "SOMA_TOPIC_MIN_INSYNC_REPLICAS must be between 0 (the broker's default) and SOMA_TOPIC_REPLICATION"
+            )
+        if self.dlq_retention_hours < 0:
+            raise SettingsError("SOMA_DLQ_RETENTION_HOURS must be >= 0 (0: forever)")
         if self.max_body_bytes < 1024:
             raise SettingsError("SOMA_MAX_BODY_BYTES must be at least 1024")
         if not 6 <= self.kafka_session_timeout_seconds <= 300:
@@ -465,6 +475,15 @@ class Settings:
             or not 1 <= self.stream_ticket_ttl_seconds <= 300
         ):
             raise SettingsError("JWKS timings must be positive, SOMA_JWT_MAX_BYTES >= 256, ticket TTL 1..300 s")
+
+    def topic_config(self, dead_letters: bool) -> dict[str, str]:
+        """The topic-level configuration a topic is created with (an existing topic keeps its own)."""
+        config: dict[str, str] = {}
+        if self.topic_min_insync_replicas:
+            config["min.insync.replicas"] = str(self.topic_min_insync_replicas)
+        if dead_letters:
+            config["retention.ms"] = str(int(self.dlq_retention_hours * 3_600_000) or -1)
+        return config
 
     def topic(self, name: str) -> str:
         """The real topic name of a logical topic (tests give each run its own prefix)."""

@@ -32,11 +32,12 @@ class Topics:
         settings = app.settings
         self._by_name: dict[str, TopicT] = {}
         for name in SESSION_TOPICS:
-            for real in (name, dead_letter(name)):
+            for real, dead_letters in ((name, False), (dead_letter(name), True)):
                 self._by_name[real] = app.topic(
                     settings.topic(real),
                     partitions=settings.topic_partitions,
                     replicas=settings.topic_replication,
+                    config=settings.topic_config(dead_letters),
                     key_type=bytes,
                     value_type=bytes,
                     key_serializer="raw",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,14 +16,30 @@ from deploy.localstack.base import free_port
 from tests.support.client import post_message
 from tests.support.db import wait_rows
 from tests.support.isolation import RUN_PREFIX, Isolated, admin_execute, with_database
-from tests.support.kafka import create_topic, produce, read_topic
+from tests.support.kafka import create_topic, produce, read_topic, topic_configs
 from tests.support.worker import FAUST, ROOT, Worker, running
 
 
 @pytest.fixture(scope="module")
 async def worker(iso_module: Isolated, artifacts: Path) -> AsyncIterator[Worker]:
-    async with running(iso_module.env(), artifacts / "logs" / f"cli-{iso_module.tag}.log") as worker:
+    # topic settings the worker creates its topics with (test_topics_are_created_with_the_topic_settings)
+    env = iso_module.env(SOMA_DLQ_RETENTION_HOURS="48")
+    async with running(env, artifacts / "logs" / f"cli-{iso_module.tag}.log") as worker:
         yield worker
+
+
+async def test_topics_are_created_with_the_topic_settings(worker: Worker, iso_module: Isolated) -> None:
+    settings = iso_module.settings
+    inbound, letters = iso_module.topic("conversation.inbound"), iso_module.topic("conversation.inbound.dlq")
+    deadline = time.monotonic() + 60
+    while True:  # the worker creates its topics as its agents start, after its web server answers
+        configs = await topic_configs(settings.kafka_bootstrap, [inbound, letters])
+        if all(configs.get(topic) for topic in (inbound, letters)) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert configs[letters]["retention.ms"] == str(48 * 3_600_000)
+    assert configs[inbound]["retention.ms"] != str(48 * 3_600_000)  # the broker's default for the topic itself
+    # min.insync.replicas (SOMA_TOPIC_MIN_INSYNC_REPLICAS) needs replicas: tests/test_kafka_cluster.py
 
 
 async def faust(iso: Isolated, *args: str, timeout: float = 120) -> tuple[int, str, str]:

@@ -44,6 +44,8 @@ def test_values_are_parsed_by_type() -> None:
         ({"SOMA_WEB_PORT": "seven"}, "SOMA_WEB_PORT"),
         ({"SOMA_WEB_PORT": "70000"}, "SOMA_WEB_PORT"),
         ({"SOMA_TOPIC_PARTITIONS": "0"}, "SOMA_TOPIC_PARTITIONS"),
+        ({"SOMA_TOPIC_MIN_INSYNC_REPLICAS": "2"}, "SOMA_TOPIC_MIN_INSYNC_REPLICAS"),
+        ({"SOMA_DLQ_RETENTION_HOURS": "-1"}, "SOMA_DLQ_RETENTION_HOURS"),
         ({"SOMA_REDIS_URL": "http://x"}, "SOMA_REDIS_URL"),
         ({"SOMA_POSTGRES_DSN": "mysql://x"}, "SOMA_POSTGRES_DSN"),
     ],
@@ -51,6 +53,15 @@ def test_values_are_parsed_by_type() -> None:
 def test_unknown_or_bad_settings_fail_at_start(env: dict[str, str], complaint: str) -> None:
     with pytest.raises(SettingsError, match=complaint):
         Settings.from_env(env)
+
+
+def test_topic_configuration_sets_min_isr_everywhere_and_retention_on_dead_letters() -> None:
+    settings = Settings.from_env({"SOMA_TOPIC_REPLICATION": "3", "SOMA_TOPIC_MIN_INSYNC_REPLICAS": "2"})
+    assert settings.topic_config(dead_letters=False) == {"min.insync.replicas": "2"}
+    assert settings.topic_config(dead_letters=True) == {"min.insync.replicas": "2", "retention.ms": "2419200000"}
+    forever = Settings.from_env({"SOMA_DLQ_RETENTION_HOURS": "0"})
+    assert forever.topic_config(dead_letters=False) == {}  # min ISR 0: the broker's default
+    assert forever.topic_config(dead_letters=True) == {"retention.ms": "-1"}
 
 
 def test_the_dsn_password_is_never_printed() -> None:
