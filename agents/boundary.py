@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import psycopg2
 import redis.exceptions
@@ -45,6 +46,14 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     ConnectionError,
     ConcurrentInsert,
 )
+
+
+# a dead letter's own headers (the failure); a redrive strips them before republishing the record
+FAILURE_HEADERS = ("__connect.errors.", "soma.dlq.")
+# set by `faust -A app dlq redrive` (ops/dlq.py): the attempts of the record's earlier failures and the time of
+# the first, so that a redriven record that fails again is dead-lettered with the attempts added up
+REDRIVE_ATTEMPTS = "soma.redrive.attempts"
+REDRIVE_FIRST_FAILURE = "soma.redrive.first_failure"
 
 
 class EventTooLarge(SomaError):
@@ -96,12 +105,33 @@ async def retry_transient(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
             await asyncio.sleep(delay)
 
 
+def _redriven(headers: list[tuple[str, bytes]]) -> tuple[int, float] | None:
+    """The earlier attempts and first failure of a redriven record, from its headers (None: not redriven)."""
+    found = dict(headers)
+    try:
+        attempts, first = int(found[REDRIVE_ATTEMPTS]), float(found[REDRIVE_FIRST_FAILURE])
+    except (KeyError, ValueError):
+        return None
+    if attempts < 0 or not math.isfinite(first):
+        return None
+    return attempts, first
+
+
 async def send_to_dead_letter(
     ctx: AgentContext, event: EventT[bytes], cause: BaseException, attempts: int, first_failure: float
 ) -> None:
     """Publish the original record with Kafka Connect style error headers; retried until the broker acks."""
     message = event.message
     now = time.time()
+    headers = message.headers
+    # aiokafka hands the headers over as (str, bytes) pairs
+    every = cast(list[tuple[str, bytes]], list(headers.items()) if isinstance(headers, dict) else list(headers or []))
+    # a record that arrives with failure headers (copied from a dead-letter topic by hand) gets fresh ones
+    original = [(name, value) for name, value in every if not name.startswith(FAILURE_HEADERS)]
+    earlier = _redriven(original)
+    if earlier is not None:
+        attempts += earlier[0]
+        first_failure = min(first_failure, earlier[1])
     error_headers = [
         ("__connect.errors.topic", message.topic.encode()),
         ("__connect.errors.partition", str(message.partition).encode()),
@@ -114,8 +144,6 @@ async def send_to_dead_letter(
         ("soma.dlq.last_failure", f"{now:.6f}".encode()),
         ("soma.dlq.original_timestamp", f"{message.timestamp:.6f}".encode()),
     ]
-    headers = message.headers
-    original = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
     logical = message.topic.removeprefix(ctx.settings.topic_prefix)
     target = ctx.topics[dead_letter(logical)]
     log.error(

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from deploy.localstack.base import free_port
-from tests.support.client import post_message
+from tests.support import events
+from tests.support.client import get_json, post_message
 from tests.support.db import wait_rows
 from tests.support.isolation import RUN_PREFIX, Isolated, admin_execute, with_database
-from tests.support.kafka import create_topic, produce, read_topic, topic_configs
+from tests.support.kafka import create_topic, end_offsets, produce, read_topic, topic_configs, wait_consumed
 from tests.support.worker import FAUST, ROOT, Worker, running
 
 
@@ -163,6 +164,111 @@ async def test_dlq_refuses_bad_arguments_in_one_line(iso_module: Isolated, args:
         iso_module = dataclasses.replace(iso_module, settings=down)
         args = ["list"]
     code, _, err = await faust(iso_module, "dlq", *args)
+    assert code == 2 and says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+async def test_dlq_redrive_stores_a_fixed_event_once_and_returns_a_failing_one_with_its_attempts_raised(
+    iso: Isolated, artifacts: Path
+) -> None:
+    settings = iso.settings
+    inbound, letters = iso.topic("conversation.inbound"), iso.topic("conversation.inbound.dlq")
+    big, poison = f"big-{uuid.uuid4().hex[:6]}", f"poison-{uuid.uuid4().hex[:6]}"
+    large = events.message(big, "x" * 2000)
+    log = artifacts / "logs" / f"cli-redrive-{iso.tag}.log"
+    # a worker whose record size limit is too small for the first event: both records are dead-lettered
+    async with running(iso.env(SOMA_MAX_EVENT_BYTES="1024"), log):
+        await produce(settings.kafka_bootstrap, inbound, [events.record(large), (poison.encode(), b"{oops", [])])
+        await read_topic(settings.kafka_bootstrap, letters, expect=2, timeout=60)
+    code, out, err = await faust(iso, "dlq", "list", "--format", "json")
+    assert code == 0, err
+    first = {doc["key"]: doc for doc in map(json.loads, out.splitlines())}
+    assert first[big]["error_class"] == "agents.boundary.EventTooLarge" and first[poison]["attempts"] == 1
+
+    # the limit raised (the fix), a worker redrives: --dry-run first, which sends nothing
+    async with running(iso.env(), log) as worker:
+        before = await end_offsets(settings.kafka_bootstrap, inbound)
+        code, out, err = await faust(iso, "dlq", "redrive", "--dry-run")
+        assert code == 0, err
+        assert out.count("would redrive ") == 2 and out.endswith("dry run: 2 dead letter(s) would be republished\n")
+        assert await end_offsets(settings.kafka_bootstrap, inbound) == before
+
+        for _ in range(2):  # twice: the store keeps the event once
+            code, out, err = await faust(iso, "dlq", "redrive", "--error-class", "EventTooLarge", "--rate", "50")
+            assert (code, err, out) == (0, "", f"redriven 1 dead letter(s) to their topics ({inbound}: 1)\n")
+        await wait_consumed(settings.kafka_bootstrap, iso.settings.app_id, inbound)
+        rows = await wait_rows(
+            settings.postgres_dsn, "SELECT seq, event_id FROM session_events WHERE session_id = %s", (big,), 1
+        )
+        assert [(r["seq"], str(r["event_id"])) for r in rows] == [(1, large["event_id"])]
+        status, history = await get_json(worker.url, f"/v1/session/{big}/events")
+        assert status == 200 and [e["message"] for e in history["events"]] == ["x" * 2000]
+
+        place = [first[poison]["dlq_topic"], str(first[poison]["dlq_partition"]), str(first[poison]["dlq_offset"])]
+        code, out, err = await faust(iso, "dlq", "redrive", *place)
+        assert code == 0, err
+        await read_topic(settings.kafka_bootstrap, letters, expect=3, timeout=60)
+    code, out, _ = await faust(iso, "dlq", "list", "--format", "json", "--error-class", "JSONDecodeError")
+    again = [json.loads(line) for line in out.splitlines()]
+    assert [doc["attempts"] for doc in again] == [1, 2]  # the first letter stays; its redrive failed once more
+    assert again[1]["first_failure"] == first[poison]["first_failure"] and again[1]["value"] == "{oops"
+    assert again[1]["source_offset"] > first[poison]["source_offset"]
+    code, _, err = await faust(iso, "dlq", "redrive", place[0], place[1], "999999")
+    assert code == 1 and "no dead letter at" in err
+
+
+async def test_replay_of_thousands_of_stored_events_adds_no_rows(worker: Worker, iso_module: Isolated) -> None:
+    settings = iso_module.settings
+    inbound = iso_module.topic("conversation.inbound")
+    sessions = [f"replay-{n}-{uuid.uuid4().hex[:6]}" for n in range(30)]
+    records = [events.record(events.message(s, f"m{n}")) for n in range(1, 101) for s in sessions]
+    await produce(settings.kafka_bootstrap, inbound, records)
+    count = "SELECT session_id, seq FROM session_events WHERE session_id LIKE 'replay-%%' ORDER BY session_id, seq"
+    await wait_rows(settings.postgres_dsn, count, (), len(records), timeout=120)
+    await wait_consumed(settings.kafka_bootstrap, settings.app_id, inbound)
+    every = await end_offsets(settings.kafka_bootstrap, inbound)
+
+    code, out, err = await faust(iso_module, "replay", "conversation.inbound", "--partition", "1", "--from-offset",
+                                 "10", "--to-offset", "25", "--dry-run")  # fmt: skip
+    assert (code, err) == (
+        0,
+        "",
+    ) and out == f"dry run: would copy 15 record(s) from {inbound} [1] 10..25 to {inbound}\n"
+    assert await end_offsets(settings.kafka_bootstrap, inbound) == every
+
+    code, out, err = await faust(iso_module, "replay", "conversation.inbound")
+    assert code == 0, err
+    assert out.startswith(f"replayed {every} record(s) from {inbound} [0] 0..")
+    assert await end_offsets(settings.kafka_bootstrap, inbound) == 2 * every  # copied, not chased
+    await wait_consumed(settings.kafka_bootstrap, settings.app_id, inbound, timeout=120)
+    rows = await wait_rows(settings.postgres_dsn, count, (), len(records))
+    assert len(rows) == len(records)  # the store kept each event once
+    by_session: dict[str, list[int]] = {}
+    for row in rows:
+        by_session.setdefault(row["session_id"], []).append(row["seq"])
+    assert all(seqs == list(range(1, 101)) for seqs in by_session.values()) and len(by_session) == 30
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["nope"], "unknown topic 'nope'"),
+        (["conversation.inbound", "--partition", "7"], "has no partition 7"),
+        (["conversation.inbound", "--from-offset", "0"], "name it with --partition"),
+        (["conversation.inbound", "--partition", "0", "--from-offset", "99999999"], "is out of range for"),
+        (["conversation.inbound", "--from-time", "last week"], "--from-time 'last week' is not an ISO 8601 time"),
+        (["conversation.inbound", "--from-offset", "1", "--from-time", "2026-01-01"], "not both"),
+        (["conversation.inbound", "--to", "elsewhere"], "unknown topic 'elsewhere'"),
+        (["conversation.inbound", "--broker-down"], "cannot reach the broker at 127.0.0.1:"),
+    ],
+)
+async def test_replay_refuses_bad_arguments_in_one_line(
+    worker: Worker, iso_module: Isolated, args: list[str], says: str
+) -> None:
+    if "--broker-down" in args:
+        down = dataclasses.replace(iso_module.settings, kafka_bootstrap=f"127.0.0.1:{free_port()}")
+        iso_module = dataclasses.replace(iso_module, settings=down)
+        args = args[:1]
+    code, _, err = await faust(iso_module, "replay", *args)
     assert code == 2 and says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 

@@ -86,6 +86,30 @@ async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
         await admin.close()
 
 
+async def wait_consumed(bootstrap: str, group: str, topic: str, timeout: float = 60.0) -> None:
+    """Wait until consumer group ``group`` has committed every partition of ``topic`` up to its end offset."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await consumer.start()
+    await admin.start()
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        end = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout
+        committed: dict[TopicPartition, int] = {}
+        while time.monotonic() < deadline:
+            found = await admin.list_consumer_group_offsets(group, partitions=tps)
+            committed = {tp: meta.offset for tp, meta in found.items()}
+            if all(end[tp] == 0 or committed.get(tp, -1) >= end[tp] for tp in tps):
+                return
+            await asyncio.sleep(0.3)
+        raise AssertionError(f"{group} did not consume {topic} to {end} within {timeout} s: at {committed}")
+    finally:
+        await admin.close()
+        await consumer.stop()
+
+
 async def topic_configs(bootstrap: str, topics: list[str]) -> dict[str, dict[str, str]]:
     """The configuration of each of ``topics`` as the broker reports it (its own values and the defaults)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
