@@ -28,7 +28,7 @@ stack-up: venv ## start (or reuse) Kafka, Redis and PostgreSQL, installing what 
 stack-down: ## stop what stack-up started (never a reused server)
 	@if [ -x $(PY) ]; then $(PY) -m deploy.localstack down; else echo "nothing to stop (no .venv)"; fi
 
-stack-status: venv ## report each component of the stack
+stack-status: venv ## report each component of the stack and the workers `make run` started
 	$(PY) -m deploy.localstack status
 
 migrate: stack-up ## apply the database migrations
@@ -38,14 +38,17 @@ migrate: stack-up ## apply the database migrations
 # signing with a secret kept in .stack/dev-jwt-secret; without it the worker runs open and says so
 AUTH ?= 0
 DEV_SECRET := .stack/dev-jwt-secret
+# REPLICAS=N: N workers of one group on consecutive web ports from SOMA_WEB_PORT, each with its own data dir and
+# log under .stack/workers/ (one worker logs to the terminal); `make stack-status` lists them
+REPLICAS ?= 1
 
-run: migrate ## run the worker and its web server on SOMA_WEB_PORT (6066); AUTH=1 turns authentication on
+run: migrate ## run the worker and its web server on SOMA_WEB_PORT (6066); AUTH=1 authentication, REPLICAS=N workers
 	@if [ "$(AUTH)" = "1" ]; then \
 	  mkdir -p .stack && test -s $(DEV_SECRET) || $(PY) -c 'import secrets; print(secrets.token_urlsafe(48))' > $(DEV_SECRET); \
 	  export SOMA_AUTH_REQUIRED=1 SOMA_DEV_TOKENS=1 SOMA_JWT_SECRET="$$(cat $(DEV_SECRET))"; \
-	  exec $(VENV)/bin/faust -A app worker -l info; \
+	  exec $(PY) -m deploy.localstack run $(REPLICAS); \
 	else \
-	  exec $(VENV)/bin/faust -A app worker -l info; \
+	  exec $(PY) -m deploy.localstack run $(REPLICAS); \
 	fi
 
 lint: venv ## ruff lint and format check

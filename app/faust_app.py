@@ -50,6 +50,9 @@ class SomaApp(faust.App):
             "topic_partitions": settings.topic_partitions,
             "topic_replication_factor": settings.topic_replication,
             "producer_acks": -1,
+            # metadata refreshed every 30 s rather than 5 min: a subscribed topic that was missing from the
+            # metadata (or that gained partitions) is assigned at the next refresh
+            "consumer_metadata_max_age_ms": 30_000,
             "broker_session_timeout": settings.kafka_session_timeout_seconds,
             "broker_heartbeat_interval": settings.kafka_session_timeout_seconds / 4,
             "web_enabled": True,

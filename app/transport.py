@@ -271,5 +271,29 @@ class ResumeKeepingFlowControl(FlowControlEvent):
         super().resume()
 
 
+# a topic just created is awaited this long in the brokers' metadata before the worker goes on without it
+TOPIC_VISIBLE_SECONDS = 30.0
+
+
 class SomaTransport(Transport):
+    """faust's transport, whose topic creation returns only once the brokers list the new topic.
+
+    The create request is answered before every broker's metadata has the topic. faust subscribes right after
+    creating its topics, and a subscription whose metadata misses a topic leaves it unassigned until the next
+    metadata refresh (a worker on a busy machine consumed nothing of a topic it had just created for minutes).
+    """
+
     Consumer = HeadKeepingConsumer
+
+    async def _really_create_topic(
+        self, owner: Any, client: Any, topic: str, partitions: int, replication: int, **kwargs: Any
+    ) -> None:
+        await super()._really_create_topic(owner, client, topic, partitions, replication, **kwargs)
+        deadline = time.monotonic() + TOPIC_VISIBLE_SECONDS
+        while topic not in (await client.fetch_all_metadata()).topics():
+            if time.monotonic() > deadline:
+                log.warning(
+                    "topic %s is not in the brokers' metadata %.0f s after it was created", topic, TOPIC_VISIBLE_SECONDS
+                )
+                return
+            await asyncio.sleep(0.05)

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -13,9 +19,11 @@ import aiohttp
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
+from deploy.localstack.base import port_open
+from tests.support import secrets
 from tests.support.client import SseReader, get_json, post_message
 from tests.support.isolation import Isolated
-from tests.support.worker import Worker, running_pair
+from tests.support.worker import ROOT, Worker, running_pair
 
 TOTAL = 60
 
@@ -114,3 +122,58 @@ async def test_events_processed_on_b_reach_a_and_resume_exactly_on_b(
     # the events were processed on B (the session's partition is B's), and A only delivered them
     _, info_a = await get_json(a.url, "/v1/worker")
     assert not any(tp == f"{iso.topic('conversation.inbound')}[{p}]" for tp in info_a["assigned"] for p in on_b)
+
+
+def consecutive_free_ports(count: int) -> int:
+    while True:
+        base = random.randrange(20000, 30000)
+        if not any(port_open("127.0.0.1", base + n) for n in range(count)):
+            return base
+
+
+def stack_status(env: dict[str, str]) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "deploy.localstack", "status"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return [line for line in done.stdout.splitlines() if line.startswith("worker ")]
+
+
+async def test_make_run_replicas_starts_workers_on_consecutive_ports_that_stack_status_lists(
+    iso: Isolated, tmp_path: Path
+) -> None:
+    base = await asyncio.to_thread(consecutive_free_ports, 2)
+    env = iso.env(SOMA_WEB_PORT=str(base), SOMA_STACK_DIR=str(tmp_path / "stack"))
+    secrets.note(env)
+    log = tmp_path / "make-run.log"
+    with log.open("wb") as out:
+        make = await asyncio.to_thread(
+            subprocess.Popen, ["make", "run", "REPLICAS=2"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        lines: list[str] = []
+        while time.monotonic() < deadline:
+            lines = await asyncio.to_thread(stack_status, env)
+            busy = [line for line in lines if " ok on " in line and not re.search(r", 0 partitions|\?", line)]
+            if len(busy) == 2:
+                break
+            assert make.poll() is None, await asyncio.to_thread(log.read_text)
+            await asyncio.sleep(0.5)
+        else:
+            raise AssertionError(f"two workers never both held partitions: {lines}\n{log.read_text()}")
+        assert [f"http://127.0.0.1:{base + n}" in line for n, line in enumerate(sorted(lines))] == [True, True]
+        workers = tmp_path / "stack" / "workers"
+        # each its own log and data dir
+        assert await asyncio.to_thread(
+            lambda: [
+                ((workers / f"worker-{p}.log").stat().st_size > 0, (workers / f"{p}-data").is_dir())
+                for p in (base, base + 1)
+            ]
+        ) == [(True, True), (True, True)]
+    finally:
+        os.killpg(make.pid, signal.SIGTERM)  # what Ctrl-C does to the group; the workers stop, the runner with them
+        await asyncio.to_thread(make.wait, 60)
+    assert await asyncio.to_thread(stack_status, env) == []
+    assert "worker 2 of 2: http://127.0.0.1:" in await asyncio.to_thread(log.read_text)

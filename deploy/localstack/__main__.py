@@ -1,4 +1,4 @@
-"""``python -m deploy.localstack up|down|status``: the local stack in one idempotent command."""
+"""``python -m deploy.localstack up|down|status|tools|run N``: the local stack in one idempotent command."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 from urllib.parse import urlsplit
 
 from app.settings import Settings
+from deploy.localstack import workers
 from deploy.localstack.base import Component, StackError
 from deploy.localstack.go_tools import TOOLS
 from deploy.localstack.kafka_broker import KafkaBroker
@@ -76,8 +77,16 @@ def main(argv: list[str]) -> int:
     if verb == "status":
         for component in stack:
             print(f"{component.name:9} {component.status()}")
+        for line in workers.status(settings):
+            print(line)
         return 0
-    print("usage: python -m deploy.localstack up|down|status|tools", file=sys.stderr)
+    if verb == "run":
+        try:
+            return workers.run(settings, int(argv[2]) if len(argv) > 2 else 1)
+        except (StackError, ValueError) as exc:
+            print(f"run: {exc}", file=sys.stderr)
+            return 2
+    print("usage: python -m deploy.localstack up|down|status|tools|run [N]", file=sys.stderr)
     return 2
 
 
