@@ -22,6 +22,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from deploy.localstack.base import port_open
 from tests.support import secrets
 from tests.support.client import SseReader, get_json, post_message
+from tests.support.db import query, wait_rows
 from tests.support.isolation import Isolated
 from tests.support.worker import ROOT, Worker, running_pair
 
@@ -177,3 +178,170 @@ async def test_make_run_replicas_starts_workers_on_consecutive_ports_that_stack_
         await asyncio.to_thread(make.wait, 60)
     assert await asyncio.to_thread(stack_status, env) == []
     assert "worker 2 of 2: http://127.0.0.1:" in await asyncio.to_thread(log.read_text)
+
+
+RATE = 200  # messages per second, steadily, through the surviving workers
+LOAD_SECONDS = 10
+KILL_AFTER = 3
+
+
+async def holdings(workers: list[Worker], topic: str) -> list[set[int]]:
+    return [await inbound_partitions(worker, topic) for worker in workers]
+
+
+async def balanced(workers: list[Worker], topic: str, partitions: int, timeout: float = 120) -> list[set[int]]:
+    """Wait until ``workers`` split the inbound partitions, each holding at least one, none twice."""
+    deadline = time.monotonic() + timeout
+    held: list[set[int]] = []
+    while time.monotonic() < deadline:
+        held = await holdings(workers, topic)
+        if all(held) and sum(map(len, held)) == partitions and len(set().union(*held)) == partitions:
+            return held
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"partitions never balanced between the workers: {held}")
+
+
+async def follow_across_workers(
+    session: str,
+    urls: list[str],
+    seen: list[int],
+    arrivals: list[float],
+    enough: asyncio.Event,
+    expected: dict[str, int],
+) -> None:
+    """A streaming client: on the first worker while it lives, then on the next, resuming after its last seq."""
+    index = 0
+    async with aiohttp.ClientSession() as http:
+        while not (enough.is_set() and len(seen) >= expected[session]):
+            after = seen[-1] if seen else 0
+            try:
+                async with http.ws_connect(
+                    f"{urls[index].replace('http', 'ws', 1)}/v1/session/{session}/stream?after={after}"
+                ) as ws:
+                    while not (enough.is_set() and len(seen) >= expected[session]):
+                        try:
+                            message = await ws.receive(timeout=1)
+                        except TimeoutError:
+                            continue
+                        if message.type != aiohttp.WSMsgType.TEXT:
+                            break  # the worker went away: resume on the next one
+                        frame = json.loads(message.data)
+                        if "seq" in frame:
+                            seen.append(frame["seq"])
+                            arrivals.append(time.time())
+            except aiohttp.ClientError:
+                pass
+            index = min(index + 1, len(urls) - 1)
+
+
+async def test_three_workers_under_steady_load_lose_one_to_sigkill_then_a_fourth_joins(
+    iso: Isolated, artifacts: Path
+) -> None:
+    settings = iso.settings
+    topic = iso.topic("conversation.inbound")
+    env = iso.env(SOMA_KAFKA_SESSION_TIMEOUT_SECONDS="6")
+    logs = artifacts / "logs"
+    workers = [await Worker(env, logs / f"trio-{iso.tag}-{name}.log").started() for name in "abc"]
+    joiner = Worker(env, logs / f"trio-{iso.tag}-d.log")
+    try:
+        await asyncio.gather(*(worker.wait_http() for worker in workers))
+        held = await balanced(workers, topic, settings.topic_partitions)
+        victim, survivors = workers[2], workers[:2]
+        doomed = [session_on(held[2], settings.topic_partitions) for _ in range(4)]
+        sessions = doomed + [f"trio-{n}-{uuid.uuid4().hex[:6]}" for n in range(8)]
+
+        accepted: dict[str, list[str]] = {s: [] for s in sessions}
+        expected = {s: 0 for s in sessions}
+        refused: dict[int, int] = {}
+        load_done = asyncio.Event()
+        seen: dict[str, list[int]] = {s: [] for s in doomed}
+        arrivals: dict[str, list[float]] = {s: [] for s in doomed}
+        viewers = [
+            asyncio.create_task(
+                follow_across_workers(
+                    s, [victim.url, *(w.url for w in survivors)], seen[s], arrivals[s], load_done, expected
+                )
+            )
+            for s in doomed
+        ]
+        http = aiohttp.ClientSession()
+        gate = asyncio.Semaphore(64)
+
+        async def post(n: int) -> None:
+            session = sessions[n % len(sessions)]
+            async with (
+                gate,
+                http.post(
+                    f"{survivors[n % 2].url}/v1/session/message", json={"session_id": session, "message": f"m{n}"}
+                ) as resp,
+            ):
+                body = await resp.json()
+                if resp.status == 202:
+                    accepted[session].append(body["event_id"])
+                    expected[session] += 1
+                else:
+                    assert resp.status == 503 and body["error"]["code"], body  # refused clearly, never a 500
+                    refused[resp.status] = refused.get(resp.status, 0) + 1
+
+        began = time.monotonic()
+        posts = []
+        killed_at = 0.0
+        for n in range(RATE * LOAD_SECONDS):
+            ahead = began + n / RATE - time.monotonic()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+            if not killed_at and time.monotonic() - began >= KILL_AFTER:
+                killed_at = time.time()
+                await victim.killed()
+            posts.append(asyncio.create_task(post(n)))
+        await asyncio.gather(*posts)
+        await http.close()
+        load_done.set()
+
+        # every accepted message stored exactly once, seq gap-free, in every session
+        total = sum(map(len, accepted.values()))
+        rows = await wait_rows(
+            settings.postgres_dsn,
+            "SELECT session_id, seq, event_id::text AS event_id FROM session_events ORDER BY session_id, seq",
+            (),
+            total,
+            timeout=120,
+        )
+        stored: dict[str, list[tuple[int, str]]] = {}
+        for row in rows:
+            stored.setdefault(row["session_id"], []).append((row["seq"], row["event_id"]))
+        for session in sessions:
+            assert [seq for seq, _ in stored[session]] == list(range(1, len(accepted[session]) + 1)), session
+            assert sorted(event_id for _, event_id in stored[session]) == sorted(accepted[session]), session
+        assert len(rows) == total
+
+        # the clients of the killed worker resumed on another: every seq once, in order
+        await asyncio.wait_for(asyncio.gather(*viewers), 120)
+        for session in doomed:
+            assert seen[session] == list(range(1, len(accepted[session]) + 1)), session
+
+        # processing of the killed worker's partition resumed on a survivor: the first row stored there after
+        (resumed,) = await asyncio.to_thread(
+            query,
+            settings.postgres_dsn,
+            "SELECT extract(epoch FROM min(stored_at)) AS at FROM session_events "
+            "WHERE source_topic = %s AND source_partition = ANY(%s) AND stored_at > to_timestamp(%s)",
+            (topic, sorted(held[2]), killed_at),
+        )
+        # a fourth worker joins: it receives partitions and the three live workers balance
+        joined_at = time.time()
+        await joiner.started()
+        await joiner.wait_http()
+        after_join = await balanced([*survivors, joiner], topic, settings.topic_partitions)
+        balanced_at = time.time()
+        figures = (
+            f"{total} messages accepted at {RATE}/s ({sum(refused.values())} refused with 503), "
+            f"kill -> processing resumed on a survivor: {float(resumed['at']) - killed_at:.1f} s "
+            f"(session timeout 6 s); join -> balanced {after_join}: {balanced_at - joined_at:.1f} s"
+        )
+        print(figures)
+        await asyncio.to_thread((logs / f"trio-{iso.tag}-figures.txt").write_text, figures + "\n")
+    finally:
+        for worker in [*workers, joiner]:
+            if worker.proc is not None:
+                await worker.stopped()
