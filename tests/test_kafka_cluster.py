@@ -30,7 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from app.settings import Settings
 from app.topics import SESSION_TOPICS, dead_letter
-from deploy.localstack.base import pid_alive, port_open
+from deploy.localstack.base import WrongService, pid_alive, port_open
 from deploy.localstack.kafka_cluster import KafkaCluster
 from tests.support.db import query
 from tests.support.isolation import Isolated
@@ -102,6 +102,14 @@ def test_the_stack_starts_reports_and_stops_a_cluster_of_3(stack: Settings) -> N
     finally:
         subprocess.run([sys.executable, "-m", "deploy.localstack", "down"], cwd=ROOT, env=env, capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_cluster_is_not_started_where_a_single_broker_answers(stack: Settings, tmp_path: Path) -> None:
+    """The shared stack's broker holds the first node's port: a clear error, and nothing started."""
+    cluster = KafkaCluster.from_bootstrap(stack.kafka_bootstrap, tmp_path / "kafka-cluster", stack.cache_dir)
+    with pytest.raises(WrongService, match=f"{stack.kafka_bootstrap.split(',')[0]} already answer"):
+        cluster.up()
+    assert not any(node.pid_path.exists() for node in cluster.nodes)
 
 
 @pytest.fixture(scope="module")
