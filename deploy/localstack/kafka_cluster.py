@@ -173,13 +173,15 @@ class KafkaCluster(Component):
                 f"of {self.size} started here (a single broker of another stack?): stop it, or give "
                 "SOMA_KAFKA_BOOTSTRAP a free port"
             )
-        running = sum(node.ours() is not None for node in self.nodes)
+        starting = sum(node.ours() is None for node in self.nodes)
         self.install()
         self.home.mkdir(parents=True, exist_ok=True)
         self.prepare()
         self.launch()
         self.wait()
-        return "running" if running == self.size else f"started ({self.size} nodes)"
+        if not starting:
+            return "running"
+        return f"started ({self.size} nodes)" if starting == self.size else f"started {starting} of {self.size} nodes"
 
     def wait(self) -> None:
         """Until every node answers a round trip (a topic of ``min(3, size)`` replicas: every broker is in)."""
