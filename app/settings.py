@@ -13,6 +13,8 @@ from typing import Any
 from app.errors import SettingsError
 
 PREFIX = "SOMA_"
+# the local stack's Kafka cluster: node i on port + 3 i (deploy/localstack/kafka_cluster.py)
+MAX_LOCAL_BROKERS = 9
 # the local folders (.stack/...) are relative to where the worker or the stack starts: a checkout for make run
 # and make test, the working directory of an installed worker
 ROOT = Path.cwd()
@@ -89,6 +91,9 @@ class Settings:
     app_id: str = "somaagent01"
     # infrastructure addresses
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # brokers of the local stack's Kafka (deploy/localstack/kafka_cluster.py): 1, or a KRaft cluster of 3 on
+    # consecutive port groups; from_env derives the defaults of the bootstrap list and replication from it
+    kafka_brokers: int = 1
     redis_url: str = "redis://127.0.0.1:6379/0"
     # repr=False: the DSN carries a password and settings get logged
     postgres_dsn: str = field(default="postgresql://somaagent:somaagent@127.0.0.1:5432/somaagent", repr=False)
@@ -234,7 +239,7 @@ class Settings:
         for name, f in known.items():
             if name in env:
                 values[f.name] = _parse(name, env[name], f)
-        settings = cls(**values)
+        settings = cls(**{**cluster_defaults(values.get("kafka_brokers", 1)), **values})
         settings.validate()
         return settings
 
@@ -242,6 +247,8 @@ class Settings:
         """Reject values that would only fail later, mid-stream."""
         if not 1 <= self.web_port <= 65535:
             raise SettingsError(f"SOMA_WEB_PORT must be a TCP port, not {self.web_port}")
+        if not 1 <= self.kafka_brokers <= MAX_LOCAL_BROKERS:
+            raise SettingsError(f"SOMA_KAFKA_BROKERS must be within 1..{MAX_LOCAL_BROKERS} (3 for a cluster)")
         if self.topic_partitions < 1 or self.topic_replication < 1:
             raise SettingsError("SOMA_TOPIC_PARTITIONS and SOMA_TOPIC_REPLICATION must be >= 1")
         if not 0 <= self.topic_min_insync_replicas <= self.topic_replication:
@@ -488,6 +495,19 @@ class Settings:
     def topic(self, name: str) -> str:
         """The real topic name of a logical topic (tests give each run its own prefix)."""
         return self.topic_prefix + name
+
+
+def cluster_defaults(brokers: int) -> dict[str, Any]:
+    """With ``SOMA_KAFKA_BROKERS`` > 1, what the settings left unset default to: the local cluster's nodes as
+    the bootstrap list (node i on 9092 + 3 i) and its replication (3 replicas, 2 in sync)."""
+    if brokers <= 1 or brokers > MAX_LOCAL_BROKERS:
+        return {}
+    host, _, port = Settings.kafka_bootstrap.rpartition(":")
+    return {
+        "kafka_bootstrap": ",".join(f"{host}:{int(port) + 3 * i}" for i in range(brokers)),
+        "topic_replication": min(3, brokers),
+        "topic_min_insync_replicas": 2 if brokers >= 3 else 0,
+    }
 
 
 def _parse(name: str, raw: str, f: dataclasses.Field[Any]) -> Any:

@@ -46,6 +46,8 @@ def test_values_are_parsed_by_type() -> None:
         ({"SOMA_TOPIC_PARTITIONS": "0"}, "SOMA_TOPIC_PARTITIONS"),
         ({"SOMA_TOPIC_MIN_INSYNC_REPLICAS": "2"}, "SOMA_TOPIC_MIN_INSYNC_REPLICAS"),
         ({"SOMA_DLQ_RETENTION_HOURS": "-1"}, "SOMA_DLQ_RETENTION_HOURS"),
+        ({"SOMA_KAFKA_BROKERS": "0"}, "SOMA_KAFKA_BROKERS"),
+        ({"SOMA_KAFKA_BROKERS": "10"}, "SOMA_KAFKA_BROKERS"),
         ({"SOMA_REDIS_URL": "http://x"}, "SOMA_REDIS_URL"),
         ({"SOMA_POSTGRES_DSN": "mysql://x"}, "SOMA_POSTGRES_DSN"),
     ],
@@ -62,6 +64,23 @@ def test_topic_configuration_sets_min_isr_everywhere_and_retention_on_dead_lette
     forever = Settings.from_env({"SOMA_DLQ_RETENTION_HOURS": "0"})
     assert forever.topic_config(dead_letters=False) == {}  # min ISR 0: the broker's default
     assert forever.topic_config(dead_letters=True) == {"retention.ms": "-1"}
+
+
+def test_a_local_cluster_of_3_brokers_sets_the_defaults_of_bootstrap_and_replication() -> None:
+    cluster = Settings.from_env({"SOMA_KAFKA_BROKERS": "3"})
+    assert cluster.kafka_bootstrap == "127.0.0.1:9092,127.0.0.1:9095,127.0.0.1:9098"
+    assert (cluster.topic_replication, cluster.topic_min_insync_replicas) == (3, 2)
+    # what is set stays as it is
+    given = Settings.from_env(
+        {"SOMA_KAFKA_BROKERS": "3", "SOMA_KAFKA_BOOTSTRAP": "127.0.0.1:19092", "SOMA_TOPIC_MIN_INSYNC_REPLICAS": "1"}
+    )
+    assert (given.kafka_bootstrap, given.topic_replication, given.topic_min_insync_replicas) == (
+        "127.0.0.1:19092",
+        3,
+        1,
+    )
+    one = Settings.from_env({"SOMA_KAFKA_BROKERS": "1"})
+    assert (one.kafka_bootstrap, one.topic_replication, one.topic_min_insync_replicas) == ("127.0.0.1:9092", 1, 0)
 
 
 def test_the_dsn_password_is_never_printed() -> None:

@@ -11,7 +11,7 @@ from app.settings import Settings
 from deploy.localstack import workers
 from deploy.localstack.base import Component, StackError
 from deploy.localstack.go_tools import TOOLS
-from deploy.localstack.kafka_broker import KafkaBroker
+from deploy.localstack.kafka_cluster import local_kafka
 from deploy.localstack.opa_server import OpaServer
 from deploy.localstack.postgres_server import PostgresServer
 from deploy.localstack.redis_server import RedisServer
@@ -20,9 +20,8 @@ from deploy.localstack.redis_server import RedisServer
 def components(settings: Settings) -> list[Component]:
     home = settings.stack_dir
     found: list[Component] = [
-        KafkaBroker.from_bootstrap(
-            settings.kafka_bootstrap, home / "kafka", settings.cache_dir, settings.topic_partitions
-        ),
+        # one broker, or a cluster of SOMA_KAFKA_BROKERS nodes
+        local_kafka(settings),
         RedisServer.from_url(settings.redis_url, home / "redis"),
         PostgresServer.from_dsn(settings.postgres_dsn, home / "postgres"),
     ]

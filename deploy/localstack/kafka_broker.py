@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -61,6 +62,47 @@ def fetch_jars(cache_dir: Path) -> Path:
     return libs
 
 
+def kafka_uuid() -> str:
+    """A random id as Kafka writes one (base64url, no padding); never one that would read as an option."""
+    while True:
+        found = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not found.startswith("-"):
+            return found
+
+
+@dataclass(frozen=True)
+class Voter:
+    node_id: int
+    host: str
+    controller_port: int
+    directory_id: str  # of the node's metadata log, given to every node when it is formatted
+
+
+@dataclass(frozen=True)
+class Quorum:
+    """The KRaft controller quorum of a cluster of combined broker+controller nodes, all formatted with one
+    cluster id and the same initial voters (a dynamic quorum: ``--initial-controllers``)."""
+
+    cluster_id: str
+    voters: tuple[Voter, ...]
+
+    @property
+    def replication(self) -> int:
+        """Replicas of the internal topics (offsets, transactions) and of topics created without a count."""
+        return min(3, len(self.voters))
+
+    @property
+    def min_insync(self) -> int:
+        """With 3 replicas, 2 in sync: one node may be down without refusing acks=all writes."""
+        return 2 if self.replication >= 3 else 1
+
+    def bootstrap_servers(self) -> str:
+        return ",".join(f"{v.host}:{v.controller_port}" for v in self.voters)
+
+    def initial_controllers(self) -> str:
+        return ",".join(f"{v.node_id}@{v.host}:{v.controller_port}:{v.directory_id}" for v in self.voters)
+
+
 class KafkaBroker(Component):
     name = "kafka"
     start_seconds = 90.0
@@ -73,15 +115,26 @@ class KafkaBroker(Component):
         cache_dir: Path,
         partitions: int = 3,
         scram: tuple[str, str] | None = None,
+        node_id: int = 1,
+        quorum: Quorum | None = None,
+        heap: str | None = None,
     ) -> None:
         """``scram``: (user, password) of a SASL_PLAINTEXT listener with SCRAM-SHA-512 on ``port + 2``, the user
-        created when the storage is formatted (the PLAINTEXT listener on ``port`` stays, for the stack's probe)."""
+        created when the storage is formatted (the PLAINTEXT listener on ``port`` stays, for the stack's probe).
+
+        ``quorum``: this node (``node_id``) is one of a cluster's (deploy/localstack/kafka_cluster.py); without
+        it, a cluster of one, its own quorum. ``heap``: the JVM's heap options (default ``KAFKA_HEAP_OPTS``).
+        """
         super().__init__(host, port, home)
         self.cache_dir = cache_dir
         self.partitions = partitions
         self.controller_port = port + 1
         self.scram = scram
         self.sasl_port = port + 2
+        self.node_id = node_id
+        self.quorum = quorum
+        self.heap = heap
+        self.replication = quorum.replication if quorum else 1
 
     @classmethod
     def from_bootstrap(cls, bootstrap: str, home: Path, cache_dir: Path, partitions: int = 3) -> KafkaBroker:
@@ -112,7 +165,7 @@ class KafkaBroker(Component):
         await admin.start()
         try:
             try:
-                await admin.create_topics([NewTopic(PROBE_TOPIC, 1, 1)])
+                await admin.create_topics([NewTopic(PROBE_TOPIC, 1, self.replication)])
             except TopicAlreadyExistsError:
                 pass
         finally:
@@ -159,32 +212,51 @@ class KafkaBroker(Component):
             "org.apache.kafka.common.security.scram.ScramLoginModule required;",
         ]
 
+    def _cluster_defaults(self) -> list[str]:
+        """Internal topics at the cluster's replication; a cluster's defaults for every topic too."""
+        if self.quorum is None:
+            return []
+        return [
+            f"default.replication.factor={self.replication}",
+            f"min.insync.replicas={self.quorum.min_insync}",
+            f"share.coordinator.state.topic.min.isr={self.quorum.min_insync}",
+        ]
+
     def prepare(self) -> None:
         data = self.home / "data"
+        quorum = self.quorum
+        isr = quorum.min_insync if quorum else 1
         self.config_path.write_text(
             "\n".join(
                 [
                     "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.bootstrap.servers={self.host}:{self.controller_port}",
+                    f"node.id={self.node_id}",
+                    "controller.quorum.bootstrap.servers="
+                    + (quorum.bootstrap_servers() if quorum else f"{self.host}:{self.controller_port}"),
                     *self._listeners(),
                     "controller.listener.names=CONTROLLER",
                     "inter.broker.listener.name=PLAINTEXT",
                     f"log.dirs={data}",
                     f"num.partitions={self.partitions}",
-                    "offsets.topic.replication.factor=1",
+                    f"offsets.topic.replication.factor={self.replication}",
                     "offsets.topic.num.partitions=10",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "share.coordinator.state.topic.replication.factor=1",
+                    f"transaction.state.log.replication.factor={self.replication}",
+                    f"transaction.state.log.min.isr={isr}",
+                    f"share.coordinator.state.topic.replication.factor={self.replication}",
                     "group.initial.rebalance.delay.ms=0",
+                    *self._cluster_defaults(),
                     "",
                 ]
             )
         )
         if (data / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if quorum is None:
+            cluster_id, controllers = kafka_uuid(), ["--standalone"]
+        else:
+            # every node is formatted with the same id and voters; its metadata log takes the directory id the
+            # voters give its node id
+            cluster_id, controllers = quorum.cluster_id, [f"--initial-controllers={quorum.initial_controllers()}"]
         subprocess.run(
             [
                 "java",
@@ -197,7 +269,7 @@ class KafkaBroker(Component):
                 f"--cluster-id={cluster_id}",
                 "-c",
                 str(self.config_path),
-                "--standalone",
+                *controllers,
                 *(
                     ["--add-scram", f"SCRAM-SHA-512=[name={self.scram[0]},password={self.scram[1]}]"]
                     if self.scram
@@ -210,7 +282,7 @@ class KafkaBroker(Component):
 
     def launch(self) -> None:
         libs = fetch_jars(self.cache_dir)
-        heap = os.environ.get("KAFKA_HEAP_OPTS", "-Xms256m -Xmx1g").split()
+        heap = (self.heap or os.environ.get("KAFKA_HEAP_OPTS", "-Xms256m -Xmx1g")).split()
         self.spawn(
             [
                 "java",
@@ -226,4 +298,4 @@ class KafkaBroker(Component):
         )
 
 
-__all__ = ["KafkaBroker", "KafkaError", "fetch_jars", "kafka_version"]
+__all__ = ["KafkaBroker", "KafkaError", "Quorum", "Voter", "fetch_jars", "kafka_uuid", "kafka_version"]

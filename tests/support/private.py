@@ -1,4 +1,5 @@
-"""Private Redis and PostgreSQL servers for tests that stop and restart them (the shared ones stay up)."""
+"""Private servers (Redis, PostgreSQL, Kafka, a Kafka cluster, OPA) for tests that stop, restart or reconfigure
+them (the shared ones stay up)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from contextlib import contextmanager
 from app.settings import Settings
 from deploy.localstack.base import free_port, port_open
 from deploy.localstack.kafka_broker import KafkaBroker
+from deploy.localstack.kafka_cluster import PORTS_PER_NODE, KafkaCluster
 from deploy.localstack.opa_server import OpaServer
 from deploy.localstack.postgres_server import PostgresServer
 from deploy.localstack.redis_server import RedisServer
@@ -44,21 +46,42 @@ def private_postgres(settings: Settings) -> Iterator[PostgresServer]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+def free_ports_in_a_row(count: int) -> int:
+    """The first of ``count`` consecutive ports that nothing listens on."""
+    while True:
+        port = random.randrange(20000, 30000)
+        if not any(port_open("127.0.0.1", port + n) for n in range(count)):
+            return port
+
+
 @contextmanager
 def private_kafka(settings: Settings, scram: tuple[str, str] | None = None) -> Iterator[KafkaBroker]:
     """A Kafka broker of the test's own, optionally with a SCRAM listener; it needs three ports in a row
     (client, controller, SASL), so they are chosen together."""
     home = settings.stack_dir / "test-instances" / f"kafka-{uuid.uuid4().hex[:8]}"
-    while True:
-        port = random.randrange(20000, 30000)
-        if not any(port_open("127.0.0.1", port + n) for n in range(3)):
-            break
+    port = free_ports_in_a_row(3)
     broker = KafkaBroker("127.0.0.1", port, home, settings.cache_dir, scram=scram)
     broker.up()
     try:
         yield broker
     finally:
         broker.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@contextmanager
+def private_kafka_cluster(settings: Settings, size: int = 3) -> Iterator[KafkaCluster]:
+    """A Kafka cluster of the test's own: ``size`` KRaft nodes of one quorum, started at once, each on a group
+    of three ports (``cluster.node(n)`` is node n; its JVM's pid in ``node.pid_path``). Heaps are kept small:
+    three JVMs share the machine with the rest of the suite."""
+    home = settings.stack_dir / "test-instances" / f"kafka-cluster-{uuid.uuid4().hex[:8]}"
+    port = free_ports_in_a_row(PORTS_PER_NODE * size)
+    cluster = KafkaCluster("127.0.0.1", port, home, settings.cache_dir, size=size, heap="-Xms128m -Xmx512m")
+    try:
+        cluster.up()
+        yield cluster
+    finally:
+        cluster.stop()
         shutil.rmtree(home, ignore_errors=True)
 
 
