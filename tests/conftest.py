@@ -24,11 +24,28 @@ from tests.support.isolation import (
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 
+# the files that take longest (a minute or more of waiting on outages, rebalances, clusters), run first: with
+# --dist loadfile a long file handed out last keeps one process busy while the others have finished
+LONGEST_FIRST = (
+    "test_faults.py",
+    "test_cli.py",
+    "test_table_recovery.py",
+    "test_kafka_cluster.py",
+    "test_feed_faults.py",
+    "test_replicas.py",
+    "test_event_core.py",
+    "test_schema_drift.py",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test that reaches a real server (through ``stack``) is an integration test; the rest need none."""
+    """Every test that reaches a real server (through ``stack``) is an integration test; the rest need none.
+    The longest files go first (a stable sort: each file's tests stay together, in their order)."""
     for item in items:
         if "stack" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
+    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))
 
 
 @pytest.fixture(scope="session")

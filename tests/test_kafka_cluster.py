@@ -35,7 +35,7 @@ from deploy.localstack.kafka_cluster import KafkaCluster
 from tests.support.db import query
 from tests.support.isolation import Isolated
 from tests.support.kafka import end_offsets, topic_configs
-from tests.support.private import free_ports_in_a_row, private_kafka_cluster
+from tests.support.private import free_ports_in_a_row
 from tests.support.worker import ROOT, Worker, running
 
 SESSIONS = 10
@@ -73,9 +73,19 @@ def stack_cli(verb: str, env: dict[str, str]) -> dict[str, str]:
     return found
 
 
-def test_the_stack_starts_reports_and_stops_a_cluster_of_3(stack: Settings) -> None:
-    """SOMA_KAFKA_BROKERS=3: three nodes on consecutive port groups, each with its home, log and pid file;
-    Redis and PostgreSQL are the shared ones (reused)."""
+@dataclasses.dataclass
+class StackCluster:
+    env: dict[str, str]
+    port: int
+    home: Path
+    up: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def stack_cluster(stack: Settings) -> Iterator[StackCluster]:
+    """The cluster of this module, started the way an operator does (``SOMA_KAFKA_BROKERS=3 make stack-up``) in
+    a stack dir of its own; Redis and PostgreSQL are the shared ones (reused). ``stack-down`` at the end must
+    stop every node and free every port (checked here, after the module's tests)."""
     home = stack.stack_dir / "test-instances" / f"stack-cluster-{uuid.uuid4().hex[:8]}"
     port = free_ports_in_a_row(9)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOMA_")}
@@ -86,22 +96,31 @@ def test_the_stack_starts_reports_and_stops_a_cluster_of_3(stack: Settings) -> N
         SOMA_CACHE_DIR=str(stack.cache_dir),
         SOMA_REDIS_URL=stack.redis_url,
         SOMA_POSTGRES_DSN=stack.postgres_dsn,
+        # three JVMs share the machine with the rest of the suite
+        KAFKA_HEAP_OPTS="-Xms128m -Xmx512m",
     )
     try:
-        up = stack_cli("up", env)
-        assert f"kafka     started (3 nodes) on 127.0.0.1:{port}" in up["kafka"], up
-        assert "reused" in up["redis"] and "reused" in up["postgres"], up
+        started = StackCluster(env, port, home, stack_cli("up", env))
         pids = [int((home / "kafka-cluster" / f"node-{n}" / "kafka.pid").read_text().split()[0]) for n in (1, 2, 3)]
-        status = stack_cli("status", env)["kafka"]
-        for n, pid in enumerate(pids, start=1):
-            assert f"node {n} on 127.0.0.1:{port + 3 * (n - 1)}: up (started by the stack, pid {pid}" in status, status
-        assert "running on" in stack_cli("up", env)["kafka"]
+        yield started
         assert stack_cli("down", env)["kafka"].rstrip().endswith("stopped")
         assert not any(pid_alive(pid) for pid in pids)
         assert not any(port_open("127.0.0.1", port + n) for n in range(9))
     finally:
         subprocess.run([sys.executable, "-m", "deploy.localstack", "down"], cwd=ROOT, env=env, capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_the_stack_starts_and_reports_a_cluster_of_3(stack_cluster: StackCluster) -> None:
+    """SOMA_KAFKA_BROKERS=3: three nodes on consecutive port groups, each with its home, log and pid file."""
+    port, home, up = stack_cluster.port, stack_cluster.home, stack_cluster.up
+    assert f"kafka     started (3 nodes) on 127.0.0.1:{port}" in up["kafka"], up
+    assert "reused" in up["redis"] and "reused" in up["postgres"], up
+    pids = [int((home / "kafka-cluster" / f"node-{n}" / "kafka.pid").read_text().split()[0]) for n in (1, 2, 3)]
+    status = stack_cli("status", stack_cluster.env)["kafka"]
+    for n, pid in enumerate(pids, start=1):
+        assert f"node {n} on 127.0.0.1:{port + 3 * (n - 1)}: up (started by the stack, pid {pid}" in status, status
+    assert "running on" in stack_cli("up", stack_cluster.env)["kafka"]
 
 
 def test_a_cluster_is_not_started_where_a_single_broker_answers(stack: Settings, tmp_path: Path) -> None:
@@ -113,9 +132,10 @@ def test_a_cluster_is_not_started_where_a_single_broker_answers(stack: Settings,
 
 
 @pytest.fixture(scope="module")
-def cluster(stack: Settings) -> Iterator[KafkaCluster]:
-    with private_kafka_cluster(stack) as cluster:
-        yield cluster
+def cluster(stack: Settings, stack_cluster: StackCluster) -> KafkaCluster:
+    return KafkaCluster.from_bootstrap(
+        f"127.0.0.1:{stack_cluster.port}", stack_cluster.home / "kafka-cluster", stack.cache_dir
+    )
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +178,18 @@ async def wait_for(what: str, check: Any, timeout: float = 120.0) -> Any:
         await asyncio.sleep(0.3)
 
 
+async def configs_of(bootstrap: str, topics: list[str]) -> dict[str, dict[str, str]]:
+    """The topics' configurations, once the cluster describes every one (a just-created topic may come back
+    empty from the broker asked first)."""
+
+    async def described() -> dict[str, dict[str, str]] | None:
+        found = await topic_configs(bootstrap, topics)
+        return found if all(found.get(topic) for topic in topics) else None
+
+    result: dict[str, dict[str, str]] = await wait_for(f"the configuration of {topics}", described)
+    return result
+
+
 async def worker_topics(settings: Settings, worker: Worker) -> dict[str, list[dict[str, Any]]]:
     """The worker's session topics, once it has created every one of them."""
     topics = session_topics(settings)
@@ -175,7 +207,7 @@ async def test_the_worker_creates_its_topics_with_3_replicas_and_2_in_sync(
     worker: Worker, settings: Settings, cluster: KafkaCluster
 ) -> None:
     described = await worker_topics(settings, worker)
-    configs = await topic_configs(settings.kafka_bootstrap, list(described))
+    configs = await configs_of(settings.kafka_bootstrap, list(described))
     for topic, partitions in described.items():
         assert len(partitions) == settings.topic_partitions, topic
         for partition in partitions:
@@ -197,7 +229,7 @@ async def test_the_worker_creates_its_topics_with_3_replicas_and_2_in_sync(
 
     offsets = await wait_for("the group's offsets topic", offsets_topic)
     assert all(sorted(p["replicas"]) == [1, 2, 3] for p in offsets), offsets
-    configs = await topic_configs(settings.kafka_bootstrap, ["__consumer_offsets"])
+    configs = await configs_of(settings.kafka_bootstrap, ["__consumer_offsets"])
     assert configs["__consumer_offsets"]["min.insync.replicas"] == "2"
 
 

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from app.settings import Settings
 from deploy.localstack.base import free_port, port_open
 from deploy.localstack.kafka_broker import KafkaBroker
-from deploy.localstack.kafka_cluster import PORTS_PER_NODE, KafkaCluster
 from deploy.localstack.opa_server import OpaServer
 from deploy.localstack.postgres_server import PostgresServer
 from deploy.localstack.redis_server import RedisServer
@@ -66,22 +65,6 @@ def private_kafka(settings: Settings, scram: tuple[str, str] | None = None) -> I
         yield broker
     finally:
         broker.stop()
-        shutil.rmtree(home, ignore_errors=True)
-
-
-@contextmanager
-def private_kafka_cluster(settings: Settings, size: int = 3) -> Iterator[KafkaCluster]:
-    """A Kafka cluster of the test's own: ``size`` KRaft nodes of one quorum, started at once, each on a group
-    of three ports (``cluster.node(n)`` is node n; its JVM's pid in ``node.pid_path``). Heaps are kept small:
-    three JVMs share the machine with the rest of the suite."""
-    home = settings.stack_dir / "test-instances" / f"kafka-cluster-{uuid.uuid4().hex[:8]}"
-    port = free_ports_in_a_row(PORTS_PER_NODE * size)
-    cluster = KafkaCluster("127.0.0.1", port, home, settings.cache_dir, size=size, heap="-Xms128m -Xmx512m")
-    try:
-        cluster.up()
-        yield cluster
-    finally:
-        cluster.stop()
         shutil.rmtree(home, ignore_errors=True)
 
 
