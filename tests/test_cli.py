@@ -332,3 +332,16 @@ async def test_migrate_applies_rolls_back_and_says_how_many(iso_module: Isolated
     away = dataclasses.replace(stack, postgres_dsn=f"postgresql://somaagent:somaagent@127.0.0.1:{free_port()}/x")
     code, _, err = await faust(dataclasses.replace(iso_module, settings=away), "migrate")
     assert code == 2 and err.startswith("migrate: cannot reach PostgreSQL") and len(err.strip().splitlines()) == 1
+
+
+async def test_stack_reports_and_reuses_the_servers_and_refuses_an_unknown_action(iso_module: Isolated) -> None:
+    code, out, err = await faust(iso_module, "stack")
+    assert code == 0, err
+    status = {line.split()[0]: line.split()[1] for line in out.splitlines()}
+    assert (status["kafka"], status["redis"], status["postgres"]) == ("up", "up", "up"), out
+    code, out, err = await faust(iso_module, "stack", "up")  # they answer: reused, nothing started
+    assert code == 0, err
+    up = {line.split()[0]: line for line in out.splitlines()}
+    assert f"on {iso_module.settings.kafka_bootstrap} (" in up["kafka"] and "started" not in out, out
+    code, _, err = await faust(iso_module, "stack", "sideways")
+    assert code == 2 and err == "stack: unknown action 'sideways': status, up, down, tools\n"

@@ -46,6 +46,8 @@ def build_tools(settings: Settings) -> int:
 
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# what `faust -A app stack` offers (run N stays make run's: it runs workers in the foreground)
+VERBS = ("status", "up", "down", "tools")
 
 
 def main(argv: list[str]) -> int:
