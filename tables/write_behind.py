@@ -8,7 +8,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app import retry
 from tables.partition_state import PartitionState
@@ -48,7 +50,8 @@ class WriteBehind:
                         self.table,
                         type(exc).__name__,
                         exc,
-                        exc_info=True,
+                        # a refused or dropped connection says all in its one line; anything else, its stack
+                        exc_info=not isinstance(exc, (RedisConnectionError, RedisTimeoutError)),
                     )
                 return False
         if self._failing_since is not None:
