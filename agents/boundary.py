@@ -83,26 +83,40 @@ def decode(raw: bytes | None, schema: str, max_bytes: int) -> dict[str, Any]:
     return event
 
 
+_retrying = 0  # calls of retry_transient waiting out a transient failure now (the metric of app/metrics.py)
+
+
+def retrying() -> int:
+    return _retrying
+
+
 async def retry_transient(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
     """Run ``attempt`` until it succeeds, waiting ``retry.INFRASTRUCTURE``'s backoff after transient errors."""
+    global _retrying
     delays = retry.INFRASTRUCTURE.delays()
     failures = 0
-    while True:
-        try:
-            return await attempt()
-        except TRANSIENT as exc:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                # the caller was cancelled mid-attempt and the library turned it into another error (aiopg
-                # closes a connection whose query is cancelled, and releasing it then raises InterfaceError):
-                # the cancellation wins, or a stream told to end would go on reading
-                raise asyncio.CancelledError(f"{what}: cancelled") from exc
-            failures += 1
-            delay = next(delays)
-            # the first failure and then every tenth are logged: an outage must not flood the log
-            if failures == 1 or failures % 10 == 0:
-                log.warning("%s: transient failure #%d, retrying in %.1fs: %r", what, failures, delay, exc)
-            await asyncio.sleep(delay)
+    try:
+        while True:
+            try:
+                return await attempt()
+            except TRANSIENT as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # the caller was cancelled mid-attempt and the library turned it into another error (aiopg
+                    # closes a connection whose query is cancelled, and releasing it then raises InterfaceError):
+                    # the cancellation wins, or a stream told to end would go on reading
+                    raise asyncio.CancelledError(f"{what}: cancelled") from exc
+                failures += 1
+                if failures == 1:
+                    _retrying += 1
+                delay = next(delays)
+                # the first failure and then every tenth are logged: an outage must not flood the log
+                if failures == 1 or failures % 10 == 0:
+                    log.warning("%s: transient failure #%d, retrying in %.1fs: %r", what, failures, delay, exc)
+                await asyncio.sleep(delay)
+    finally:
+        if failures:
+            _retrying -= 1
 
 
 def _redriven(headers: list[tuple[str, bytes]]) -> tuple[int, float] | None:
@@ -166,3 +180,4 @@ async def send_to_dead_letter(
         await pending
 
     await retry_transient(f"dead-letter {message.topic}[{message.partition}]@{message.offset}", send)
+    ctx.metrics.dead_lettered(logical, logical, f"{type(cause).__module__}.{type(cause).__qualname__}")

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from app.metrics import Metrics
 from app.policy import Policy
 from app.publish import send_event
 from app.resources import Resources
@@ -33,6 +34,7 @@ class AgentContext:
     send: Send  # the worker's producer (the tool executor's results)
     policy: Policy  # OPA (asked before a tool runs when SOMA_OPA_URL is set)
     tool_decision_path: str
+    metrics: Metrics  # batches stored, dead letters
 
 
 def agent_context(app: SomaApp) -> AgentContext:
@@ -46,4 +48,5 @@ def agent_context(app: SomaApp) -> AgentContext:
         send=functools.partial(send_event, app),
         policy=app.policy,
         tool_decision_path=app.settings.opa_tool_decision_path,
+        metrics=app.metrics,
     )

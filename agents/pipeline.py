@@ -197,7 +197,9 @@ async def _decode(ctx: AgentContext, kind: Kind, batch: list[EventT[bytes]]) -> 
 
 async def _store_and_follow_up(ctx: AgentContext, kind: Kind, items: list[Incoming]) -> None:
     """Store, note for the session tables, run the agent's after-store step (tools)."""
+    began = time.perf_counter()
     result = await _store(ctx, items)
+    ctx.metrics.stored(kind.topic, len(items), time.perf_counter() - began)
     _mirror_to_table(result, items)
     if kind.after_store is not None:
         await kind.after_store(ctx, result, items)

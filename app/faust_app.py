@@ -18,6 +18,7 @@ from mode.utils.queues import FlowControlEvent
 
 from app import diagnostics, retry
 from app.auth import Authenticator
+from app.metrics import Metrics
 from app.policy import Policy
 from app.producer import IdempotentProducer
 from app.rate_limit import Limit, RateLimiter
@@ -88,6 +89,7 @@ class SomaApp(faust.App):
             settings.opa_url, settings.opa_timeout_seconds, settings.opa_cache_seconds, self.resources.http
         )
         self.session_topics = Topics(self)
+        self.metrics = Metrics(settings.metrics_enabled)
 
     def on_init_dependencies(self) -> Iterable[ServiceT]:
         return [*super().on_init_dependencies(), self.resources, self.storage_lag]

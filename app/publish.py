@@ -55,13 +55,16 @@ async def publish(app: SomaApp, topic: str, event: dict[str, Any], schema: str) 
     resources = app.resources
     limit = app.settings.max_inflight_publishes
     if resources.publishes_in_flight >= limit:
+        resources.overloaded += 1
         raise Overloaded(f"{limit} messages are waiting for the broker already; retry shortly")
     resources.publishes_in_flight += 1
     try:
         sent = await send_event(app, topic, event, schema)
         app.storage_lag.accepted(sent.topic, sent.partition, sent.offset)
+        app.metrics.published(topic, ok=True)
         return sent
     except (TimeoutError, KafkaError) as exc:
+        app.metrics.published(topic, ok=False)
         raise UpstreamUnavailable(f"Unable to enqueue message: {type(exc).__name__}") from exc
     finally:
         resources.publishes_in_flight -= 1

@@ -43,6 +43,7 @@ class Resources(Service):
         self._hub: FeedHub | None = None
         # client publishes waiting for the broker's ack (app/publish.py sheds load past a limit)
         self.publishes_in_flight = 0
+        self.overloaded = 0  # messages refused 503 overloaded: too many waiting for the broker
 
     def feed_hub(self) -> FeedHub:
         """The worker's session-feed subscription, created on first use on the running loop."""

@@ -114,6 +114,8 @@ class Settings:
     topic_min_insync_replicas: int = 0
     # dead letters are kept this long (hours) before the broker may delete them; 0: forever
     dlq_retention_hours: float = 672.0
+    # GET /metrics and the per-request and per-batch observations behind it (app/metrics.py); 0: off
+    metrics_enabled: bool = True
     # the worker's web server
     web_host: str = "127.0.0.1"
     web_port: int = 6066

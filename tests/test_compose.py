@@ -40,7 +40,7 @@ def compose_tool() -> str:
 
 
 # what a user puts in .env (compose.yaml requires it: authentication is on)
-SECRET = {"SOMA_JWT_SECRET": "compose-test-secret-of-32-bytes-or-more"}
+SECRET = {"SOMA_JWT_SECRET": "compose-test-secret-of-32-bytes-or-more", "GRAFANA_ADMIN_PASSWORD": "compose-test"}
 
 
 def compose(tool: str, path: Path, *args: str, extra: dict[str, str] = SECRET) -> subprocess.CompletedProcess[str]:
@@ -93,7 +93,7 @@ def test_broken_compose_file_is_rejected(compose_tool: str, tmp_path: Path, name
 
 def test_every_service_has_a_healthcheck(config: dict[str, Any]) -> None:
     services = config["services"]
-    assert set(services) == {*INFRASTRUCTURE, "worker"}
+    assert set(services) == {*INFRASTRUCTURE, "worker", "prometheus", "grafana"}
     for name, service in services.items():
         check = service.get("healthcheck", {})
         assert not check.get("disable", False), name
@@ -148,3 +148,21 @@ def test_worker_addresses_are_the_compose_services(config: dict[str, Any]) -> No
         pg_env["POSTGRES_PASSWORD"],
         pg_env["POSTGRES_DB"],
     )
+
+
+def test_every_file_the_services_mount_is_in_the_repository(config: dict[str, Any]) -> None:
+    """Prometheus' configuration and rules, Grafana's provisioning and dashboard: bind mounts of real files."""
+    # the short syntax "source:target[:mode]" (docker-compose 1.x prints it so); a source path is a bind mount
+    sources = [
+        str(volume["source"] if isinstance(volume, dict) else volume.split(":")[0])
+        for service in config["services"].values()
+        for volume in service.get("volumes", [])
+    ]
+    mounted = [(ROOT / source).resolve() for source in sources if source.startswith(("/", "."))]
+    assert {p.relative_to(ROOT).as_posix() for p in mounted} >= {
+        "deploy/prometheus/compose-prometheus.yml",
+        "deploy/prometheus/alerts.yml",
+        "deploy/grafana/provisioning",
+        "deploy/grafana/somaagent01.json",
+    }
+    assert all(p.exists() for p in mounted), [p for p in mounted if not p.exists()]

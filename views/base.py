@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
@@ -53,6 +54,7 @@ class ApiView(View):
     stream: ClassVar[bool] = False  # a ticket (?ticket=) or the auth cookie is accepted too
 
     async def dispatch(self, request: Any) -> Any:
+        began = time.perf_counter()
         verdict: Verdict | None = None
         try:
             if not self.public:
@@ -64,6 +66,15 @@ class ApiView(View):
             response = self.error_response(PayloadTooLarge(f"request body exceeds {exc.text or 'the limit'}"))
         if verdict is not None and isinstance(response, web.Response) and not response.prepared:
             response.headers.update(verdict.headers())
+        if isinstance(response, web.StreamResponse):
+            route = request.match_info.route.resource
+            # a stream's response started long ago (its time is the stream's): counted, not timed
+            cast("SomaApp", self.app).metrics.request(
+                request.method,
+                route.canonical if route is not None else "unmatched",
+                response.status,
+                None if response.prepared else time.perf_counter() - began,
+            )
         return response
 
     async def _admit(self, request: Any) -> Verdict | None:

@@ -53,6 +53,10 @@ class Registry:
     def __len__(self) -> int:
         return len(self._open)
 
+    def count(self, transport: str) -> int:
+        """Open streams of one transport ("ws" or "sse")."""
+        return sum(1 for connection in self._open if getattr(connection, "transport", None) == transport)
+
     def add(self, connection: Connection) -> None:
         self._open.add(connection)
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from app import events
+from app import events, metrics
 from app.feed_hub import FeedItem
 from views.base import principal
 from views.session_stream import SlowReader
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from app.faust_app import SomaApp
 
 log = logging.getLogger(__name__)
+DELIVERED = metrics.streams.delivered  # events written, by transport (app/metrics.py reads them)
 
 
 def event_bytes(item: FeedItem) -> bytes:
@@ -54,10 +55,12 @@ class SseConnection(StreamConnection):
             await self._write(f"retry: {self.settings.sse_retry_ms}\n\n".encode())
             async for item in self.stream.history():
                 await self._write(item.frame("sse", event_bytes))
+                DELIVERED["sse"] += 1
             recovery = events.encode(self.stream.recovery.frame())
             await self._write(b"event: recovered\ndata: %s\n\n" % recovery)
             async for item in self.stream.live():
                 await self._write(item.frame("sse", event_bytes))
+                DELIVERED["sse"] += 1
         except SlowReader:
             self._abort()
         except (ConnectionResetError, RuntimeError) as exc:  # the client went away (aiohttp: closing transport)
@@ -86,13 +89,16 @@ class SseConnection(StreamConnection):
 
     def _abort(self) -> None:
         # the writer may be blocked on a reader that does not read: drop the connection under it
+        metrics.streams.closed["sse", "slow_reader"] += 1
         if self.request.transport is not None:
             self.request.transport.close()
 
     async def shutdown(self) -> None:
+        metrics.streams.closed["sse", "shutdown"] += 1
         self.end()
 
     async def expire(self) -> None:
+        metrics.streams.closed["sse", "token_expired"] += 1
         # no id: the browser keeps its position; it must get a new token (or ticket) before it reconnects
         reason = events.encode({"reason": "token_expired", "resume_after": self.stream.last_sent})
         try:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from app import events
+from app import events, metrics
 from app.errors import ApiError, error_body
 from app.feed_hub import FeedItem
 from app.rate_limit import RateLimited
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from app.faust_app import SomaApp
 
 log = logging.getLogger(__name__)
+DELIVERED = metrics.streams.delivered  # events written, by transport (app/metrics.py reads them)
 SLOW_READER = 1013  # RFC 6455 "try again later"
 CLOSE_SECONDS = 5.0
 ABORT_GRACE_SECONDS = 60.0
@@ -83,6 +84,7 @@ class SocketConnection(StreamConnection):
         async with self._send_lock:
             self.check_open()
             await self.ws.send_frame(item.raw, WSMsgType.TEXT)
+            DELIVERED["ws"] += 1
 
     def _write_now(self, item: FeedItem) -> bool:
         """The feed's fast path: the frame every viewer of the session shares, written without a task switch.
@@ -100,6 +102,7 @@ class SocketConnection(StreamConnection):
         ):
             return False
         transport.write(item.frame("ws", text_frame))
+        DELIVERED["ws"] += 1
         return True
 
     async def _send_events(self) -> None:
@@ -155,6 +158,7 @@ class SocketConnection(StreamConnection):
 
     async def close(self, code: int, reason: str) -> None:
         """Send the close frame and release the stream; a peer that does not read is dropped later."""
+        metrics.streams.closed["ws", str(code)] += 1
         try:
             async with asyncio.timeout(CLOSE_SECONDS):
                 await self.ws.close(code=code, message=reason.encode()[:120])

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.localstack.base import StackError
+from deploy.localstack.base import StackError, apt_install
 
 
 def go() -> str:
@@ -110,6 +110,31 @@ class PyTool:
         return path, True
 
 
+@dataclass(frozen=True)
+class AptTool:
+    """A command from a Debian package, installed once per machine (as root) with apt-get."""
+
+    name: str
+    package: str
+    version: str = "(Debian)"
+
+    def require(self, cache_dir: Path) -> Path:
+        found = shutil.which(self.name)
+        if found is None:
+            raise StackError(f"{self.name} is not installed yet: run `make tools` (apt-get install {self.package})")
+        return Path(found)
+
+    def build(self, cache_dir: Path) -> tuple[Path, bool]:
+        found = shutil.which(self.name)
+        if found is not None:
+            return Path(found), False
+        apt_install(self.package)
+        return self.require(cache_dir), True
+
+
 OPA = GoTool("opa", "github.com/open-policy-agent/opa", "v1.22.4")
 SCHEMATHESIS = PyTool("st", "schemathesis", "4.32.5")
-TOOLS: tuple[GoTool | PyTool, ...] = (OPA, SCHEMATHESIS)
+# Prometheus 2.42 and promtool: the metrics test scrapes real workers; alert rules are checked and unit-tested
+PROMETHEUS = AptTool("prometheus", "prometheus")
+PROMTOOL = AptTool("promtool", "prometheus")
+TOOLS: tuple[GoTool | PyTool | AptTool, ...] = (OPA, SCHEMATHESIS, PROMETHEUS, PROMTOOL)

@@ -14,6 +14,7 @@ from deploy.localstack.base import free_port, port_open
 from deploy.localstack.kafka_broker import KafkaBroker
 from deploy.localstack.opa_server import OpaServer
 from deploy.localstack.postgres_server import PostgresServer
+from deploy.localstack.prometheus_server import PrometheusServer
 from deploy.localstack.redis_server import RedisServer
 
 
@@ -65,6 +66,19 @@ def private_kafka(settings: Settings, scram: tuple[str, str] | None = None) -> I
         yield broker
     finally:
         broker.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@contextmanager
+def private_prometheus(settings: Settings, targets: list[str]) -> Iterator[PrometheusServer]:
+    """A Prometheus of the test's own scraping ``targets`` (host:port) every second."""
+    home = settings.stack_dir / "test-instances" / f"prometheus-{uuid.uuid4().hex[:8]}"
+    server = PrometheusServer("127.0.0.1", free_port(), home, settings.cache_dir, targets)
+    server.up()
+    try:
+        yield server
+    finally:
+        server.stop()
         shutil.rmtree(home, ignore_errors=True)
 
 
