@@ -112,4 +112,8 @@ class PyTool:
 
 OPA = GoTool("opa", "github.com/open-policy-agent/opa", "v1.22.4")
 SCHEMATHESIS = PyTool("st", "schemathesis", "4.32.5")
-TOOLS: tuple[GoTool | PyTool, ...] = (OPA, SCHEMATHESIS)
+HELM = GoTool("helm", "helm.sh/helm/v3/cmd/helm", "v3.22.0")
+KUBECONFORM = GoTool("kubeconform", "github.com/yannh/kubeconform/cmd/kubeconform", "v0.8.0")
+# generates the CRDs whose schemas kubeconform checks the chart's ServiceMonitor with (deploy/localstack/k8s_schemas.py)
+CONTROLLER_GEN = GoTool("controller-gen", "sigs.k8s.io/controller-tools/cmd/controller-gen", "v0.19.0")
+TOOLS: tuple[GoTool | PyTool, ...] = (OPA, SCHEMATHESIS, HELM, KUBECONFORM, CONTROLLER_GEN)
