@@ -19,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
-tools: venv ## build the tools the tests need (OPA, schemathesis), once per machine, into the cache folder
+tools: venv ## build the tools the tests need (OPA, schemathesis, helm, kubeconform, schemas), once per machine
 	$(PY) -m deploy.localstack tools
 
 stack-up: venv ## start (or reuse) Kafka, Redis and PostgreSQL, installing what is missing

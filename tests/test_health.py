@@ -1,4 +1,5 @@
-"""``/health`` checks Kafka, Redis and Postgres for real: 503 naming what is down, 200 once it is back."""
+"""``/health`` checks Kafka, Redis and Postgres for real: 503 naming what is down, 200 once it is back.
+``/health/live`` (the Helm chart's liveness probe) stays 200 meanwhile: a dependency away is no reason to restart."""
 
 from __future__ import annotations
 
@@ -47,6 +48,11 @@ async def health(worker: Worker) -> tuple[int, dict[str, Any]]:
         return resp.status, await resp.json()
 
 
+async def live(worker: Worker) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as http, http.get(worker.url + "/health/live") as resp:
+        return resp.status, await resp.json()
+
+
 async def wait_health(
     worker: Worker, accept: Callable[[int, dict[str, Any]], bool], timeout: float = 30.0
 ) -> tuple[int, dict[str, Any]]:
@@ -65,6 +71,7 @@ async def test_all_up_is_200_ok(worker: Worker) -> None:
     assert set(body["components"]) == {"kafka", "redis", "postgres"}
     assert all(c["status"] == "ok" for c in body["components"].values())
     assert body["components"]["kafka"]["brokers"] >= 1
+    assert await live(worker) == (200, {"status": "alive"})
 
 
 @pytest.mark.parametrize("name", ["redis", "postgres"])
@@ -82,6 +89,8 @@ async def test_a_stopped_component_is_503_named_then_recovers_without_restart(
     assert body["components"][name]["error"]
     others = {k: v["status"] for k, v in body["components"].items() if k != name}
     assert set(others.values()) == {"ok"}
+    # the liveness probe does not restart a worker for it (readiness, /health, takes it out of the Service)
+    assert await live(worker) == (200, {"status": "alive"})
 
     assert await asyncio.to_thread(component.up) == "started"
     _, body = await wait_health(worker, lambda s, b: s == 200)

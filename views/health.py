@@ -1,4 +1,5 @@
-"""``GET /health``: Kafka, Redis and Postgres checked for real; 200 only when every one answers."""
+"""``GET /health``: Kafka, Redis and Postgres checked for real; 200 only when every one answers.
+``GET /health/live``: 200 while the worker's event loop serves requests, whatever its dependencies do."""
 
 from __future__ import annotations
 
@@ -81,3 +82,34 @@ class Health(ApiView):
         if down:
             body["failing"] = down
         return self.json(body, status=200 if not down else 503)
+
+
+@app.page("/health/live")
+class Live(ApiView):
+    """Liveness (the Helm chart's probe): answered by the event loop itself, no dependency is asked. A worker
+    whose Kafka, Redis or PostgreSQL is away is not broken (it reconnects on its own, /health says what is
+    down): restarting it would only add a rebalance. A worker whose loop is stuck does not answer at all."""
+
+    public = True
+    openapi: ClassVar[Operations] = {
+        "get": {
+            "summary": "The worker's event loop answers (no dependency checked)",
+            "responses": {
+                "200": {
+                    "description": "alive",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["status"],
+                                "properties": {"status": {"const": "alive"}},
+                            }
+                        }
+                    },
+                }
+            },
+        }
+    }
+
+    async def get(self, request: Request) -> Response:
+        return self.json({"status": "alive"})

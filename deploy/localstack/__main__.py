@@ -11,6 +11,7 @@ from app.settings import Settings
 from deploy.localstack import workers
 from deploy.localstack.base import Component, StackError
 from deploy.localstack.go_tools import TOOLS
+from deploy.localstack.k8s_schemas import SCHEMA_SETS
 from deploy.localstack.kafka_cluster import local_kafka
 from deploy.localstack.opa_server import OpaServer
 from deploy.localstack.postgres_server import PostgresServer
@@ -32,8 +33,11 @@ def components(settings: Settings) -> list[Component]:
 
 
 def build_tools(settings: Settings) -> int:
-    """Build every Go tool that is missing (minutes each, once per machine)."""
-    for tool in TOOLS:
+    """Build every tool that is missing (minutes each, once per machine), then prepare the schema sets (seconds;
+    the CRD schemas need controller-gen)."""
+    every = (*TOOLS, *SCHEMA_SETS)
+    width = max(len(tool.name) for tool in every)
+    for tool in every:
         began = time.monotonic()
         try:
             path, built = tool.build(settings.cache_dir)
@@ -41,7 +45,7 @@ def build_tools(settings: Settings) -> int:
             print(f"tools: {tool.name} FAILED: {exc}", file=sys.stderr)
             return 1
         how = f"built in {time.monotonic() - began:.0f} s" if built else "cached"
-        print(f"{tool.name:9} {tool.version} {how}: {path}")
+        print(f"{tool.name:{width}} {tool.version} {how}: {path}")
     return 0
 
 

@@ -134,7 +134,19 @@ class AptTool:
 
 OPA = GoTool("opa", "github.com/open-policy-agent/opa", "v1.22.4")
 SCHEMATHESIS = PyTool("st", "schemathesis", "4.32.5")
+HELM = GoTool("helm", "helm.sh/helm/v3/cmd/helm", "v3.22.0")
+KUBECONFORM = GoTool("kubeconform", "github.com/yannh/kubeconform/cmd/kubeconform", "v0.8.0")
+# generates the CRDs whose schemas kubeconform checks the chart's ServiceMonitor with (deploy/localstack/k8s_schemas.py)
+CONTROLLER_GEN = GoTool("controller-gen", "sigs.k8s.io/controller-tools/cmd/controller-gen", "v0.19.0")
 # Prometheus 2.42 and promtool: the metrics test scrapes real workers; alert rules are checked and unit-tested
 PROMETHEUS = AptTool("prometheus", "prometheus")
 PROMTOOL = AptTool("promtool", "prometheus")
-TOOLS: tuple[GoTool | PyTool | AptTool, ...] = (OPA, SCHEMATHESIS, PROMETHEUS, PROMTOOL)
+TOOLS: tuple[GoTool | PyTool | AptTool, ...] = (
+    OPA,
+    SCHEMATHESIS,
+    HELM,
+    KUBECONFORM,
+    CONTROLLER_GEN,
+    PROMETHEUS,
+    PROMTOOL,
+)
