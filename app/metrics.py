@@ -47,6 +47,8 @@ streams = StreamCounts()
 class Metrics:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
+        self._requests: Tally[tuple[str, str, int]] = Tally()
+        self._published: Tally[tuple[str, bool]] = Tally()
         self.registry = Registry()
         # each worker's own registry (not aioprometheus' global one): a process may build more than one app
         counter = functools.partial(Counter, registry=self.registry)
@@ -96,13 +98,14 @@ class Metrics:
     def request(self, method: str, route: str, status: int, seconds: float | None) -> None:
         if not self.enabled:
             return
-        self.requests.inc({"method": method, "route": route, "status": str(status)})
+        # a tally (0.2 µs) rather than the counter's inc (3.7 µs, its labels checked each time): copied at scrape
+        self._requests[method, route, status] += 1
         if seconds is not None:
             self.request_latency.observe({"route": route}, seconds)
 
     def published(self, topic: str, ok: bool) -> None:
         if self.enabled:
-            self.kafka_publish.inc({"topic": topic, "status": "ok" if ok else "failed"})
+            self._published[topic, ok] += 1
 
     def stored(self, agent: str, events: int, seconds: float) -> None:
         if self.enabled:
@@ -118,6 +121,10 @@ class Metrics:
 
     def collect(self, app: SomaApp) -> None:
         """Copy the counts kept elsewhere into their series and read the gauges: at scrape time."""
+        for (method, route, status), count in self._requests.items():
+            self.requests.set({"method": method, "route": route, "status": str(status)}, count)
+        for (topic, ok), count in self._published.items():
+            self.kafka_publish.set({"topic": topic, "status": "ok" if ok else "failed"}, count)
         for transport, count in streams.delivered.items():
             self.streamed.set({"transport": transport}, count)
         for (transport, code), count in streams.closed.items():
