@@ -146,11 +146,12 @@ async def send_to_dead_letter(
     if earlier is not None:
         attempts += earlier[0]
         first_failure = min(first_failure, earlier[1])
+    error_class = f"{type(cause).__module__}.{type(cause).__qualname__}"
     error_headers = [
         ("__connect.errors.topic", message.topic.encode()),
         ("__connect.errors.partition", str(message.partition).encode()),
         ("__connect.errors.offset", str(message.offset).encode()),
-        ("__connect.errors.exception.class.name", f"{type(cause).__module__}.{type(cause).__qualname__}".encode()),
+        ("__connect.errors.exception.class.name", error_class.encode()),
         ("__connect.errors.exception.message", str(cause)[:4000].encode()),
         ("__connect.errors.exception.stacktrace", "".join(traceback.format_exception(cause))[-8000:].encode()),
         ("soma.dlq.attempts", str(attempts).encode()),
@@ -180,4 +181,4 @@ async def send_to_dead_letter(
         await pending
 
     await retry_transient(f"dead-letter {message.topic}[{message.partition}]@{message.offset}", send)
-    ctx.metrics.dead_lettered(logical, logical, f"{type(cause).__module__}.{type(cause).__qualname__}")
+    ctx.metrics.dead_lettered(logical, logical, error_class)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import sys
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from faust.cli import option
@@ -46,6 +47,17 @@ def bearer_headers(token: str | None) -> dict[str, str]:
 def stream_url(base: str, session: str, after: int) -> str:
     """The session's WebSocket stream on worker ``base``, resuming after seq ``after``."""
     return base.replace("http", "ws", 1) + f"/v1/session/{session}/stream?after={after}"
+
+
+def iso_time(option_name: str, raw: str | None) -> float | None:
+    """Seconds since the epoch of an ISO 8601 time option (UTC when it names no zone); None when not given."""
+    if raw is None:
+        return None
+    try:
+        found = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise CommandError(f"{option_name} {raw!r} is not an ISO 8601 time (e.g. 2026-12-02T10:00:00Z)") from None
+    return (found if found.tzinfo else found.replace(tzinfo=UTC)).timestamp()
 
 
 class CommandError(Exception):

@@ -27,20 +27,10 @@ from agents.boundary import FAILURE_HEADERS, REDRIVE_ATTEMPTS, REDRIVE_FIRST_FAI
 from app import app
 from app.topics import SESSION_TOPICS, dead_letter
 from ops import kafka
-from ops.base import FAILED, CommandError, OpsCommand
+from ops.base import FAILED, CommandError, OpsCommand, iso_time
 from tools import dead_letters
 
 PREVIEW = 80
-
-
-def _since(raw: str | None) -> float | None:
-    if raw is None:
-        return None
-    try:
-        found = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise CommandError(f"--since {raw!r} is not an ISO 8601 time (e.g. 2026-12-02T10:00:00Z)") from None
-    return (found if found.tzinfo else found.replace(tzinfo=UTC)).timestamp()
 
 
 def _topics(topic: str | None) -> list[str]:
@@ -128,13 +118,13 @@ async def dlq(
     if action == "list":
         if where:
             raise CommandError("dlq list takes no positional arguments; filter with --topic, --error-class, --since")
-        return await _list(_topics(topic), error_class, _since(since), limit, fmt)
+        return await _list(_topics(topic), error_class, iso_time("--since", since), limit, fmt)
     if action == "show":
         return await _show(*_place(where, "show"))
     if action == "redrive":
         one = _place(where, "redrive") if where else None
         topics = _topics(one[0].removeprefix(app.settings.topic_prefix)) if one else _topics(topic)
-        return await _redrive(topics, one, error_class, _since(since), limit, kafka.Pace(rate), dry_run)
+        return await _redrive(topics, one, error_class, iso_time("--since", since), limit, kafka.Pace(rate), dry_run)
     raise CommandError(f"unknown action {action!r}: list, show or redrive")
 
 

@@ -30,8 +30,18 @@ def real_topic(name: str) -> str:
     return settings.topic(logical)
 
 
-def _unreachable(exc: BaseException) -> CommandError:
-    return CommandError(f"cannot reach the broker at {app.settings.kafka_bootstrap}: {exc}")
+@asynccontextmanager
+async def _started(client: AIOKafkaConsumer | AIOKafkaProducer) -> AsyncIterator[None]:
+    """``client`` started (a broker that cannot be reached is one line), then stopped."""
+    try:
+        await client.start()
+    except KafkaError as exc:
+        await client.stop()
+        raise CommandError(f"cannot reach the broker at {app.settings.kafka_bootstrap}: {exc}") from None
+    try:
+        yield
+    finally:
+        await client.stop()
 
 
 @asynccontextmanager
@@ -44,16 +54,12 @@ async def consumer() -> AsyncIterator[AIOKafkaConsumer]:
         request_timeout_ms=10_000,
         **settings.kafka_security(),
     )
-    try:
-        await client.start()
-        await client._client.force_metadata_update()
-    except KafkaError as exc:
-        await client.stop()
-        raise _unreachable(exc) from None
-    try:
+    async with _started(client):
+        try:
+            await client._client.force_metadata_update()
+        except KafkaError as exc:
+            raise CommandError(f"cannot reach the broker at {app.settings.kafka_bootstrap}: {exc}") from None
         yield client
-    finally:
-        await client.stop()
 
 
 @asynccontextmanager
@@ -67,15 +73,8 @@ async def producer() -> AsyncIterator[AIOKafkaProducer]:
         request_timeout_ms=30_000,
         **settings.kafka_security(),
     )
-    try:
-        await client.start()
-    except KafkaError as exc:
-        await client.stop()
-        raise _unreachable(exc) from None
-    try:
+    async with _started(client):
         yield client
-    finally:
-        await client.stop()
 
 
 def partitions_of(client: AIOKafkaConsumer, topic: str) -> list[int]:

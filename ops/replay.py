@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -22,18 +21,7 @@ from faust.cli import argument, option
 
 from app import app
 from ops import kafka
-from ops.base import FAILED, CommandError, OpsCommand
-
-
-def _time(option_name: str, raw: str | None) -> int | None:
-    """Milliseconds since the epoch of an ISO 8601 time option."""
-    if raw is None:
-        return None
-    try:
-        found = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise CommandError(f"{option_name} {raw!r} is not an ISO 8601 time (e.g. 2026-12-02T10:00:00Z)") from None
-    return int((found if found.tzinfo else found.replace(tzinfo=UTC)).timestamp() * 1000)
+from ops.base import FAILED, CommandError, OpsCommand, iso_time
 
 
 @dataclass(frozen=True)
@@ -49,9 +37,9 @@ class Span:
         return max(self.stop - self.start, 0)
 
 
-async def _at_time(client: AIOKafkaConsumer, tps: list[TopicPartition], millis: int) -> dict[TopicPartition, int]:
-    """Per partition, the offset of the first record at or after ``millis`` (the end offset when none is)."""
-    found = await client.offsets_for_times({tp: millis for tp in tps})
+async def _at_time(client: AIOKafkaConsumer, tps: list[TopicPartition], at: float) -> dict[TopicPartition, int]:
+    """Per partition, the offset of the first record at or after time ``at`` (the end offset when none is)."""
+    found = await client.offsets_for_times({tp: int(at * 1000) for tp in tps})
     end = await client.end_offsets(tps)
     return {tp: (found[tp].offset if found.get(tp) is not None else end[tp]) for tp in tps}
 
@@ -62,8 +50,8 @@ async def _spans(
     partition: int | None,
     from_offset: int | None,
     to_offset: int | None,
-    from_time: int | None,
-    to_time: int | None,
+    from_time: float | None,
+    to_time: float | None,
 ) -> list[Span]:
     partitions = kafka.partitions_of(client, topic)
     if partition is not None and partition not in partitions:
@@ -76,20 +64,14 @@ async def _spans(
     start = await _at_time(client, tps, from_time) if from_time is not None else dict(first)
     stop = await _at_time(client, tps, to_time) if to_time is not None else dict(end)
     for tp in tps:
-        if from_offset is not None:
-            if not first[tp] <= from_offset <= end[tp]:
+        for name, offset, bound in (("--from-offset", from_offset, start), ("--to-offset", to_offset, stop)):
+            if offset is None:
+                continue
+            if not first[tp] <= offset <= end[tp]:
                 raise CommandError(
-                    f"--from-offset {from_offset} is out of range for {topic}[{tp.partition}] "
-                    f"(earliest {first[tp]}, end {end[tp]})"
+                    f"{name} {offset} is out of range for {topic}[{tp.partition}] (earliest {first[tp]}, end {end[tp]})"
                 )
-            start[tp] = from_offset
-        if to_offset is not None:
-            if not first[tp] <= to_offset <= end[tp]:
-                raise CommandError(
-                    f"--to-offset {to_offset} is out of range for {topic}[{tp.partition}] "
-                    f"(earliest {first[tp]}, end {end[tp]})"
-                )
-            stop[tp] = to_offset
+            bound[tp] = offset
     return [Span(tp, start[tp], stop[tp]) for tp in tps]
 
 
@@ -157,7 +139,7 @@ async def replay(
         raise CommandError("give a start by offset or by time, and an end by offset or by time, not both")
     if any(value is not None and value < 0 for value in (partition, from_offset, to_offset)):
         raise CommandError("--partition, --from-offset and --to-offset must be >= 0")
-    since, until = _time("--from-time", from_time), _time("--to-time", to_time)
+    since, until = (iso_time(name, raw) for name, raw in (("--from-time", from_time), ("--to-time", to_time)))
     source = kafka.real_topic(topic)
     sink = kafka.real_topic(target) if target is not None else source
     pace = kafka.Pace(rate)

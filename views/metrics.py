@@ -8,7 +8,7 @@ from faust.web import Request, Response
 
 from app import app
 from app.errors import ApiError
-from views.api_doc import Operations
+from views.api_doc import Operations, errors
 from views.base import ApiView
 
 
@@ -20,14 +20,13 @@ class Metrics(ApiView):
         "get": {
             "summary": "Prometheus metrics of this worker (text exposition format)",
             "responses": {
+                # Prometheus' text exposition format, what a scraper reads; every error is the JSON envelope
                 "200": {
                     "description": "the metrics",
                     "content": {"text/plain": {"schema": {"type": "string"}}},
                 },
-                "404": {
-                    "description": "metrics are off (SOMA_METRICS_ENABLED=0): error not_found",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                },
+                # metrics off (SOMA_METRICS_ENABLED=0): the service's error envelope, code not_found
+                **errors("404"),
             },
         }
     }

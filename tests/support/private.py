@@ -6,44 +6,50 @@ from __future__ import annotations
 import random
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
 
 from app.settings import Settings
-from deploy.localstack.base import free_port, port_open
+from deploy.localstack.base import Component, free_port, port_open
 from deploy.localstack.kafka_broker import KafkaBroker
 from deploy.localstack.opa_server import OpaServer
 from deploy.localstack.postgres_server import PostgresServer
 from deploy.localstack.prometheus_server import PrometheusServer
 from deploy.localstack.redis_server import RedisServer
 
+C = TypeVar("C", bound=Component)
+
 
 @contextmanager
-def private_redis(settings: Settings) -> Iterator[RedisServer]:
-    """A Redis of the test's own (an async test enters it with ``off_loop``: starting it blocks)."""
-    home = settings.stack_dir / "test-instances" / f"redis-{uuid.uuid4().hex[:8]}"
-    server = RedisServer("127.0.0.1", free_port(), home)
+def _running(settings: Settings, kind: str, make: Callable[[Path], C]) -> Iterator[C]:
+    """``make(home)`` started in a home of its own under the stack dir (not pytest's 0700 tmp dir: the postgres
+    user must reach its data directory); stopped and removed afterwards."""
+    home = settings.stack_dir / "test-instances" / f"{kind}-{uuid.uuid4().hex[:8]}"
+    server = make(home)
     server.up()
     try:
         yield server
     finally:
         server.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+@contextmanager
+def private_redis(settings: Settings) -> Iterator[RedisServer]:
+    """A Redis of the test's own (an async test enters it with ``off_loop``: starting it blocks)."""
+    with _running(settings, "redis", lambda home: RedisServer("127.0.0.1", free_port(), home)) as server:
+        yield server
 
 
 @contextmanager
 def private_postgres(settings: Settings) -> Iterator[PostgresServer]:
     """A PostgreSQL of the test's own (an async test enters it with ``off_loop``: starting it blocks)."""
-    # under the stack dir, not pytest's 0700 tmp dir: the postgres user must reach its data directory
-    home = settings.stack_dir / "test-instances" / f"postgres-{uuid.uuid4().hex[:8]}"
     port = free_port()
-    server = PostgresServer("127.0.0.1", port, home, f"postgresql://somaagent:somaagent@127.0.0.1:{port}/somaagent")
-    server.up()
-    try:
+    dsn = f"postgresql://somaagent:somaagent@127.0.0.1:{port}/somaagent"
+    with _running(settings, "postgres", lambda home: PostgresServer("127.0.0.1", port, home, dsn)) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def free_ports_in_a_row(count: int) -> int:
@@ -58,38 +64,28 @@ def free_ports_in_a_row(count: int) -> int:
 def private_kafka(settings: Settings, scram: tuple[str, str] | None = None) -> Iterator[KafkaBroker]:
     """A Kafka broker of the test's own, optionally with a SCRAM listener; it needs three ports in a row
     (client, controller, SASL), so they are chosen together."""
-    home = settings.stack_dir / "test-instances" / f"kafka-{uuid.uuid4().hex[:8]}"
     port = free_ports_in_a_row(3)
-    broker = KafkaBroker("127.0.0.1", port, home, settings.cache_dir, scram=scram)
-    broker.up()
-    try:
+    with _running(
+        settings, "kafka", lambda home: KafkaBroker("127.0.0.1", port, home, settings.cache_dir, scram=scram)
+    ) as broker:
         yield broker
-    finally:
-        broker.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @contextmanager
 def private_prometheus(settings: Settings, targets: list[str]) -> Iterator[PrometheusServer]:
     """A Prometheus of the test's own scraping ``targets`` (host:port) every second."""
-    home = settings.stack_dir / "test-instances" / f"prometheus-{uuid.uuid4().hex[:8]}"
-    server = PrometheusServer("127.0.0.1", free_port(), home, settings.cache_dir, targets)
-    server.up()
-    try:
+    with _running(
+        settings,
+        "prometheus",
+        lambda home: PrometheusServer("127.0.0.1", free_port(), home, settings.cache_dir, targets),
+    ) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @contextmanager
 def private_opa(settings: Settings) -> Iterator[OpaServer]:
     """The project's policy in an OPA of the test's own (its binary built by ``make tools``)."""
-    home = settings.stack_dir / "test-instances" / f"opa-{uuid.uuid4().hex[:8]}"
-    server = OpaServer("127.0.0.1", free_port(), home, settings.cache_dir)
-    server.up()
-    try:
+    with _running(
+        settings, "opa", lambda home: OpaServer("127.0.0.1", free_port(), home, settings.cache_dir)
+    ) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(home, ignore_errors=True)
