@@ -8,6 +8,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -246,6 +247,18 @@ async def test_replay_of_thousands_of_stored_events_adds_no_rows(worker: Worker,
     for row in rows:
         by_session.setdefault(row["session_id"], []).append(row["seq"])
     assert all(seqs == list(range(1, 101)) for seqs in by_session.values()) and len(by_session) == 30
+
+
+async def test_replay_from_a_time_takes_the_records_written_since(worker: Worker, iso_module: Isolated) -> None:
+    settings = iso_module.settings
+    topic = iso_module.topic("tool.results")  # a topic of its own in this module: only these records are in it
+    await create_topic(settings.kafka_bootstrap, topic, settings.topic_partitions)
+    await produce(settings.kafka_bootstrap, topic, [(b"k", b"before", [])] * 5)
+    since = datetime.now(UTC).isoformat()  # after the first five were acked, before the next seven are sent
+    await produce(settings.kafka_bootstrap, topic, [(b"k", b"after", [])] * 7)
+    code, out, err = await faust(iso_module, "replay", "tool.results", "--from-time", since, "--dry-run")
+    assert (code, err) == (0, ""), err
+    assert out.startswith(f"dry run: would copy 7 record(s) from {topic} "), out
 
 
 @pytest.mark.parametrize(
