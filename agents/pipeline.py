@@ -15,11 +15,11 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agents.boundary import PERMANENT, decode, retry_transient, send_to_dead_letter
 from agents.context import AgentContext
-from app import events, feed, retry
+from app import events, feed, retry, tracing
 from app.errors import EventInvalid
 from app.repository import BatchResult, Incoming, Source, store_batch
 from tables.sessions import mirror
@@ -136,6 +136,14 @@ async def _process_until_done(ctx: AgentContext, kind: Kind, batch: list[EventT[
     if not items:
         return
     try:
+        await _store_until_done(ctx, kind, items)
+    finally:
+        if tracing.enabled:
+            tracing.end_all(items)
+
+
+async def _store_until_done(ctx: AgentContext, kind: Kind, items: list[Incoming]) -> None:
+    try:
         await _store_and_follow_up(ctx, kind, items)
         return
     except asyncio.CancelledError:
@@ -159,6 +167,8 @@ async def _alone_until_done(ctx: AgentContext, kind: Kind, item: Incoming) -> No
             raise
         except Exception as exc:
             if isinstance(exc, PERMANENT) or attempt == UNKNOWN_ERROR_ATTEMPTS:
+                if tracing.enabled:
+                    tracing.dead_lettered(item.span, item.origin.message, exc)
                 await send_to_dead_letter(ctx, item.origin, exc, attempt, first_failure)
                 return
             source = item.source
@@ -189,9 +199,13 @@ async def _decode(ctx: AgentContext, kind: Kind, batch: list[EventT[bytes]]) -> 
             if message.key != decoded["session_id"].encode():
                 raise EventInvalid(kind.schema, [f"(key): record key {message.key!r} is not the session_id"])
         except Exception as exc:
+            if tracing.enabled:
+                tracing.dead_lettered(None, message, exc)
             await send_to_dead_letter(ctx, event, exc, 1, time.time())
             continue
-        items.append(Incoming(decoded, Source(message.topic, message.partition, message.offset), event))
+        source = Source(message.topic, message.partition, message.offset)
+        span = tracing.process_span(message) if tracing.enabled else None
+        items.append(Incoming(decoded, source, event, span))
     return items
 
 
@@ -212,15 +226,37 @@ async def _store(ctx: AgentContext, items: list[Incoming]) -> BatchResult:
     # one writer at a time per worker: the feed then carries each session's events in seq order even
     # when several agents (topics) write the same session
     async with ctx.resources.store_lock:
+        began_ns = time.time_ns() if tracing.enabled else 0
         result = await retry_transient("store batch", lambda: store_batch(pool, items))
         # events stored before (a replay) go out again first, in their seq order: a viewer has them or not,
         # and keeps each seq once (the worker that stored them may have died before publishing them)
         fed = result.republished + result.stored
         encoded = [events.encode(event) for event in result.republished] + result.encoded
+        if tracing.enabled:
+            await _traced_feed_publish(ctx, items, result, began_ns, fed, encoded)
+            return result
         await retry_transient(
             "publish to the session feed", lambda: feed.publish(redis, ctx.settings.redis_prefix, fed, encoded)
         )
     return result
+
+
+async def _traced_feed_publish(
+    ctx: AgentContext,
+    items: list[Incoming],
+    result: BatchResult,
+    began_ns: int,
+    fed: list[dict[str, Any]],
+    encoded: list[bytes],
+) -> None:
+    """:func:`_store`'s feed publish when traces are on: the store is a span of each sampled event, and each
+    of their feed messages carries the event's trace context to the workers that deliver it."""
+    sampled = tracing.stored(items, result, began_ns)
+    payloads = tracing.feed_payloads(fed, encoded, sampled) if sampled else encoded
+    redis = ctx.resources.redis
+    await retry_transient(
+        "publish to the session feed", lambda: feed.publish(redis, ctx.settings.redis_prefix, fed, payloads)
+    )
 
 
 def _mirror_to_table(result: BatchResult, items: list[Incoming]) -> None:

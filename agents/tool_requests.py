@@ -21,7 +21,7 @@ from agents.boundary import retry_transient
 from agents.context import AgentContext, agent_context
 from agents.pipeline import Kind, consume
 from agents.tools import PolicyDecision, PolicyHook, ToolCall, ToolContext, ToolOutcome, allow_all, run_tool
-from app import app, events
+from app import app, events, tracing
 from app.repository import BatchResult, Incoming, stored_ids
 from app.topics import TOOL_REQUESTS, TOOL_RESULTS
 from tables.tool_runs import mark_started, started
@@ -129,14 +129,15 @@ async def run_requests(ctx: AgentContext, result: BatchResult, items: list[Incom
     answered = await retry_transient("read stored results", lambda: stored_ids(pool, [result_id(e) for e in requests]))
     unanswered = [(eid, item) for eid, item in requests.items() if result_id(eid) not in answered]
     marked = {eid for eid, item in unanswered if started(eid, item.origin)}
-    interrupted = [item.event for eid, item in unanswered if eid in marked]
+    interrupted = [item for eid, item in unanswered if eid in marked]
     new = [(eid, item) for eid, item in unanswered if eid not in marked]
     if new:
         await retry_transient("mark tool runs started", lambda: mark_started([(eid, item.origin) for eid, item in new]))
+    # each call within its request's processing span (when traces are on): its decision and result are children
     await all_finished(
         [
-            *(answer(ctx, request, INTERRUPTED) for request in interrupted),
-            *(execute(ctx, item.event) for _, item in new),
+            *(tracing.within(item.span, answer(ctx, item.event, INTERRUPTED)) for item in interrupted),
+            *(tracing.within(item.span, execute(ctx, item.event)) for _, item in new),
         ]
     )
 

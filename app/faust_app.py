@@ -16,7 +16,7 @@ from mode import ServiceT
 from mode.utils.objects import cached_property
 from mode.utils.queues import FlowControlEvent
 
-from app import diagnostics, retry
+from app import diagnostics, retry, tracing
 from app.auth import Authenticator
 from app.metrics import Metrics
 from app.policy import Policy
@@ -90,6 +90,16 @@ class SomaApp(faust.App):
         )
         self.session_topics = Topics(self)
         self.metrics = Metrics(settings.metrics_enabled)
+
+    async def on_first_start(self) -> None:
+        # before anything makes a span or an HTTP client: the worker's traces, if OTEL_* asks for them
+        tracing.configure(instance=str(self.settings.web_port))
+        await super().on_first_start()
+
+    async def on_shutdown(self) -> None:
+        await super().on_shutdown()
+        # the spans still buffered are exported (the SDK's exporter blocks: off the loop)
+        await asyncio.to_thread(tracing.shutdown)
 
     def on_init_dependencies(self) -> Iterable[ServiceT]:
         return [*super().on_init_dependencies(), self.resources, self.storage_lag]

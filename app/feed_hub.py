@@ -16,7 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from app import events, redis_client, retry
+from app import events, redis_client, retry, tracing
 from app.feed import channel
 from app.settings import Settings
 
@@ -221,7 +221,18 @@ class FeedHub:
         listeners = self._listeners.get(session_id)
         if not listeners:
             return
+        carrier = None
+        if data[:1] == tracing.FEED_MARK:  # published with its trace context (a worker with traces on)
+            carrier, data = tracing.split_feed_message(data)
         item = FeedItem(events.decode(data), data)
+        if carrier is not None and tracing.enabled:
+            span = tracing.delivery_span(carrier, session_id, item.seq, len(listeners))
+            try:
+                for listener in list(listeners):
+                    listener.on_event(item)
+            finally:
+                span.end()
+            return
         for listener in list(listeners):
             listener.on_event(item)
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from aiokafka.errors import KafkaError
 
-from app import events, schemas
+from app import events, schemas, tracing
 from app.errors import ApiError, UpstreamUnavailable
 from app.producer import IdempotentProducer
 
@@ -25,14 +25,30 @@ async def send_event(app: SomaApp, topic: str, event: dict[str, Any], schema: st
     # straight to the worker's aiokafka producer (acks=all, idempotent, keyed by session like faust would):
     # faust's Topic.send wraps each record in futures and callbacks that cost ~10 % of a worker taking POSTs
     producer = cast(IdempotentProducer, app.producer).client()
+    name = app.settings.topic(topic)
+    key = str(event["session_id"]).encode()
+    headers = events.headers(event, schema)
+    if tracing.enabled:
+        return await _traced_send(app, producer, name, key, event, headers)
     async with asyncio.timeout(app.settings.kafka_publish_timeout_seconds):
-        pending = await producer.send(
-            app.settings.topic(topic),
-            value=events.encode(event),
-            key=str(event["session_id"]).encode(),
-            headers=events.headers(event, schema),
-        )
+        pending = await producer.send(name, value=events.encode(event), key=key, headers=headers)
         return await pending
+
+
+async def _traced_send(
+    app: SomaApp, producer: Any, name: str, key: bytes, event: dict[str, Any], headers: list[tuple[str, bytes]]
+) -> Any:
+    """:func:`send_event`'s send within its span, whose trace context the record carries in its headers."""
+    span = tracing.send_span(name, key, headers)
+    try:
+        async with asyncio.timeout(app.settings.kafka_publish_timeout_seconds):
+            pending = await producer.send(name, value=events.encode(event), key=key, headers=headers)
+            metadata = await pending
+    except BaseException as exc:
+        tracing.failed(span, exc)
+        raise
+    tracing.sent(span, metadata)
+    return metadata
 
 
 class Overloaded(ApiError):

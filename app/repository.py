@@ -90,6 +90,8 @@ class Incoming:
     source: Source
     # the consumed record (a faust event) it was decoded from: what is dead-lettered if it cannot be stored
     origin: Any = field(default=None, compare=False, repr=False)
+    # its processing span when traces are on (app/tracing.py)
+    span: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

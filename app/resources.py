@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaClient
 from mode import Service
 
-from app import redis_client
+from app import redis_client, tracing
 from app.feed_hub import FeedHub
 from app.settings import Settings
 
@@ -54,7 +54,8 @@ class Resources(Service):
     def http(self) -> aiohttp.ClientSession:
         """The worker's HTTP client (tools), created on first use on the running loop."""
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession()
+            # a span per outgoing request when traces are on
+            self._http = aiohttp.ClientSession(trace_configs=tracing.client_trace_configs())
         return self._http
 
     async def postgres(self) -> aiopg.Pool:

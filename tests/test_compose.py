@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from app import tracing
 from app.settings import PREFIX, Settings
 from deploy.localstack.compose_tool import ensure_compose_tool
 
@@ -45,7 +46,7 @@ SECRET = {"SOMA_JWT_SECRET": "compose-test-secret-of-32-bytes-or-more", "GRAFANA
 
 def compose(tool: str, path: Path, *args: str, extra: dict[str, str] = SECRET) -> subprocess.CompletedProcess[str]:
     # COMPOSE_* variables of the caller's shell (project name, profiles, files) must not change the verdict
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "SOMA_"))} | extra
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "SOMA_", "OTEL_"))} | extra
     return subprocess.run(
         [tool, "--project-directory", str(path.parent), "-f", str(path), "config", *args],
         capture_output=True,
@@ -93,7 +94,7 @@ def test_broken_compose_file_is_rejected(compose_tool: str, tmp_path: Path, name
 
 def test_every_service_has_a_healthcheck(config: dict[str, Any]) -> None:
     services = config["services"]
-    assert set(services) == {*INFRASTRUCTURE, "worker", "prometheus", "grafana"}
+    assert set(services) == {*INFRASTRUCTURE, "worker", "prometheus", "grafana", "jaeger"}
     for name, service in services.items():
         check = service.get("healthcheck", {})
         assert not check.get("disable", False), name
@@ -166,3 +167,14 @@ def test_every_file_the_services_mount_is_in_the_repository(config: dict[str, An
         "deploy/grafana/somaagent01.json",
     }
     assert all(p.exists() for p in mounted), [p for p in mounted if not p.exists()]
+
+
+def test_traces_are_off_unless_an_endpoint_is_given_and_then_reach_jaeger(compose_tool: str) -> None:
+    off = compose(compose_tool, COMPOSE)
+    on = compose(compose_tool, COMPOSE, extra={**SECRET, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4318"})
+    assert off.returncode == 0 and on.returncode == 0, off.stderr + on.stderr
+    worker_off, worker_on = (yaml.safe_load(r.stdout)["services"]["worker"]["environment"] for r in (off, on))
+    assert not tracing.wanted({k: str(v or "") for k, v in worker_off.items()})
+    assert tracing.wanted({k: str(v) for k, v in worker_on.items()})
+    assert worker_on["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+    assert yaml.safe_load(on.stdout)["services"]["jaeger"]["profiles"] == ["traces"]

@@ -23,6 +23,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from app import tracing
 from app.settings import PREFIX, Settings
 from deploy.localstack.base import StackError
 from deploy.localstack.go_tools import HELM, KUBECONFORM
@@ -76,6 +77,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "settings": {"SOMA_MAX_BODY_BYTES": 2097152, "SOMA_JWT_LEEWAY_SECONDS": 5.5, "SOMA_TOOL_TIMEOUTS": "echo=1"},
         "metrics": {"serviceMonitor": {"labels": {"release": "kube-prometheus-stack"}}},
         "image": {"repository": "registry.example.com/somaagent01", "tag": "0.1.0-rc1"},
+        "tracing": {"otlpEndpoint": "http://otel-collector.observability:4318", "samplerArg": 0.25},
     },
 }
 ARGS = ["faust", "-A", "app", "worker", "-l", "info"]
@@ -282,7 +284,8 @@ def test_the_chart_knows_exactly_the_worker_settings() -> None:
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_every_soma_name_rendered_is_a_setting(variant: str) -> None:
-    named = set(re.findall(r"\bSOMA_[A-Z0-9_]+", rendered(variant))) | set(worker_env(variant))
+    env = worker_env(variant)
+    named = set(re.findall(r"\bSOMA_[A-Z0-9_]+", rendered(variant))) | {n for n in env if not n.startswith("OTEL_")}
     assert named <= SETTING_NAMES, f"not settings of the worker: {sorted(named - SETTING_NAMES)}"
     assert "SOMA_DEV_TOKENS" not in named
 
@@ -407,3 +410,13 @@ def test_the_disruption_budget_lets_one_worker_go_at_a_time() -> None:
     assert pdb["spec"]["maxUnavailable"] == 1
     labels = one("defaults", "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_traces_are_exported_where_the_values_say_and_only_then() -> None:
+    env = worker_env("everything")
+    assert tracing.wanted(env)
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
+    assert (env["OTEL_TRACES_SAMPLER"], env["OTEL_TRACES_SAMPLER_ARG"]) == ("parentbased_traceidratio", "0.25")
+    assert env["OTEL_SERVICE_NAME"]
+    defaults = worker_env("defaults")
+    assert not tracing.wanted(defaults) and not any(name.startswith("OTEL_") for name in defaults)

@@ -15,7 +15,7 @@ from aiohttp import web
 from faust.web import Request, Response, View
 
 from agents.boundary import retry_transient
-from app import events, policy
+from app import events, policy, tracing
 from app.auth import ANONYMOUS, Principal
 from app.errors import (
     ApiError,
@@ -54,6 +54,22 @@ class ApiView(View):
     stream: ClassVar[bool] = False  # a ticket (?ticket=) or the auth cookie is accepted too
 
     async def dispatch(self, request: Any) -> Any:
+        if tracing.enabled and not (self.public or self.stream):
+            # a span per API request (health, metrics, pages and long-lived streams have none)
+            route = request.match_info.route.resource
+            with tracing.server_span(
+                request.method,
+                route.canonical if route is not None else "unmatched",
+                request.path,
+                request.headers,
+                request.remote,
+            ) as span:
+                response = await self._answer(request)
+                tracing.answered(span, response.status)
+                return response
+        return await self._answer(request)
+
+    async def _answer(self, request: Any) -> Any:
         began = time.perf_counter()
         verdict: Verdict | None = None
         try:

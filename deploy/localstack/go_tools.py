@@ -73,6 +73,34 @@ class GoTool:
 
 
 @dataclass(frozen=True)
+class GoModuleTool(GoTool):
+    """A Go command that ``go install mod@version`` refuses (its module has replace directives): added as a tool
+    of a scratch module (``go get -tool``), whose go.mod then honours the replacements, and built from there."""
+
+    package: str = ""  # the command's package within ``module``
+
+    def build(self, cache_dir: Path) -> tuple[Path, bool]:
+        path = self.path(cache_dir)
+        if path.exists():
+            return path, False
+        scratch = self.home(cache_dir) / f".build-{os.getpid()}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        binary = scratch / self.name
+        for step in (
+            ["mod", "init", "soma-tools"],
+            ["get", "-tool", f"{self.package}@{self.version}"],
+            ["build", "-o", str(binary), self.package],
+        ):
+            done = subprocess.run([go(), *step], cwd=scratch, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise StackError(f"go {' '.join(step)} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+        binary.replace(path)
+        shutil.rmtree(scratch, ignore_errors=True)
+        return path, True
+
+
+@dataclass(frozen=True)
 class PyTool:
     """A Python tool in a virtualenv of its own: its pins need not agree with the service's (schemathesis
     4.32 wants jsonschema-rs < 0.61, the service pins 0.61.2)."""
@@ -141,6 +169,10 @@ CONTROLLER_GEN = GoTool("controller-gen", "sigs.k8s.io/controller-tools/cmd/cont
 # Prometheus 2.42 and promtool: the metrics test scrapes real workers; alert rules are checked and unit-tested
 PROMETHEUS = AptTool("prometheus", "prometheus")
 PROMTOOL = AptTool("promtool", "prometheus")
+# Jaeger v2 (an OpenTelemetry Collector with Jaeger's storage and query API): the traces test exports to it
+JAEGER = GoModuleTool(
+    "jaeger", "github.com/jaegertracing/jaeger", "v1.76.0", package="github.com/jaegertracing/jaeger/cmd/jaeger"
+)
 TOOLS: tuple[GoTool | PyTool | AptTool, ...] = (
     OPA,
     SCHEMATHESIS,
@@ -149,4 +181,5 @@ TOOLS: tuple[GoTool | PyTool | AptTool, ...] = (
     CONTROLLER_GEN,
     PROMETHEUS,
     PROMTOOL,
+    JAEGER,
 )

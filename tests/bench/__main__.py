@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import subprocess
 import time
 from typing import Any
 
-from tests.bench import delivery, ingest, report
+from tests.bench import delivery, harness, ingest, report
 from tests.bench.harness import ARTIFACTS, Stack
 
 # (quick, full) sizes of each workload
@@ -71,7 +72,16 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the results as JSON here too")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument("--set", action="append", default=[], help="override a size: w1.count=50000")
+    parser.add_argument(
+        "--otlp",
+        default=None,
+        metavar="URL",
+        help="workers export traces to this OTLP/HTTP endpoint, with the OTEL_* variables set here (a sampler)",
+    )
     args = parser.parse_args()
+    if args.otlp:
+        harness.WORKER_ENV.update({k: v for k, v in os.environ.items() if k.startswith("OTEL_")})
+        harness.WORKER_ENV.update(OTEL_EXPORTER_OTLP_ENDPOINT=args.otlp, OTEL_SERVICE_NAME="somaagent01-bench")
     for item in args.set:
         key, value = item.split("=", 1)
         workload, field = key.split(".", 1)

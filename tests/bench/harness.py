@@ -68,9 +68,13 @@ async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, every: 
     return False
 
 
+# added to every bench worker's environment (``--otlp``: traces exported to a collector)
+WORKER_ENV: dict[str, str] = {}
+
+
 def start_worker(env: dict[str, str], name: str) -> Worker:
     """A worker for one workload; its pid in artifacts/bench/worker.pid, for a profiler to attach to."""
-    worker = Worker(env, log_path(name)).start()
+    worker = Worker({**env, **WORKER_ENV}, log_path(name)).start()
     (ARTIFACTS / "worker.pid").write_text(str(worker.pid))
     return worker
 

@@ -96,8 +96,9 @@ class Isolated:
     tag: str
 
     def env(self, **extra: str) -> dict[str, str]:
-        """The environment of a worker process for these settings (nothing else of ours leaks in)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SOMA_")}
+        """The environment of a worker process for these settings (nothing else of ours leaks in, nor the
+        caller's OTEL_* variables: a test worker traces only where a test asks it to)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SOMA_", "OTEL_"))}
         for field in dataclasses.fields(Settings):
             env["SOMA_" + field.name.upper()] = str(getattr(self.settings, field.name))
         env.update(extra)

@@ -1,5 +1,5 @@
-"""Private servers (Redis, PostgreSQL, Kafka, a Kafka cluster, OPA) for tests that stop, restart or reconfigure
-them (the shared ones stay up)."""
+"""Private servers (Redis, PostgreSQL, Kafka, a Kafka cluster, OPA, Prometheus, Jaeger) for tests that stop,
+restart or reconfigure them (the shared ones stay up)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from app.settings import Settings
 from deploy.localstack.base import Component, free_port, port_open
+from deploy.localstack.jaeger_server import JaegerServer
 from deploy.localstack.kafka_broker import KafkaBroker
 from deploy.localstack.opa_server import OpaServer
 from deploy.localstack.postgres_server import PostgresServer
@@ -87,5 +88,16 @@ def private_opa(settings: Settings) -> Iterator[OpaServer]:
     """The project's policy in an OPA of the test's own (its binary built by ``make tools``)."""
     with _running(
         settings, "opa", lambda home: OpaServer("127.0.0.1", free_port(), home, settings.cache_dir)
+    ) as server:
+        yield server
+
+
+@contextmanager
+def private_jaeger(settings: Settings) -> Iterator[JaegerServer]:
+    """A Jaeger of the test's own (its binary built by ``make tools``): OTLP/HTTP in, the query API out."""
+    with _running(
+        settings,
+        "jaeger",
+        lambda home: JaegerServer("127.0.0.1", free_port(), home, settings.cache_dir, otlp_port=free_port()),
     ) as server:
         yield server

@@ -135,6 +135,12 @@ stop the worker or run it open: no Kafka address, no key source or two of them, 
 {{- with $v.jwt.issuer }}{{ $_ := set $config "SOMA_JWT_ISSUER" . }}{{ end }}
 {{- with $v.web.allowedOrigins }}{{ $_ := set $config "SOMA_WS_ALLOWED_ORIGINS" (join "," .) }}{{ end }}
 {{- with $v.opa.url }}{{ $_ := set $config "SOMA_OPA_URL" . }}{{ end }}
+{{- with $v.tracing.otlpEndpoint }}
+{{- $_ := set $config "OTEL_EXPORTER_OTLP_ENDPOINT" . }}
+{{- $_ := set $config "OTEL_SERVICE_NAME" (default (include "somaagent01.fullname" $) $v.tracing.serviceName) }}
+{{- $_ := set $config "OTEL_TRACES_SAMPLER" $v.tracing.sampler }}
+{{- $_ := set $config "OTEL_TRACES_SAMPLER_ARG" (include "somaagent01.envText" $v.tracing.samplerArg) }}
+{{- end }}
 {{- $known := splitList " " (include "somaagent01.settingNames" . | replace "\n" " ") }}
 {{- $secret := list "SOMA_POSTGRES_DSN" "SOMA_REDIS_URL" "SOMA_JWT_SECRET" "SOMA_KAFKA_SASL_PASSWORD" }}
 {{- $localStack := list "SOMA_KAFKA_BROKERS" "SOMA_STACK_DIR" "SOMA_CACHE_DIR" }}
