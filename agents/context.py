@@ -11,7 +11,7 @@ from app.metrics import Metrics
 from app.policy import Policy
 from app.publish import send_event
 from app.resources import Resources
-from app.settings import AgentSettings, ToolSettings
+from app.settings import AgentSettings, ResponderSettings, ToolSettings
 from app.storage_lag import StorageLag
 from app.topics import Topics
 
@@ -35,6 +35,7 @@ class AgentContext:
     policy: Policy  # OPA (asked before a tool runs when SOMA_OPA_URL is set)
     tool_decision_path: str
     metrics: Metrics  # batches stored, dead letters
+    responder: ResponderSettings  # the model server (agents/responder.py)
 
 
 def agent_context(app: SomaApp) -> AgentContext:
@@ -49,4 +50,5 @@ def agent_context(app: SomaApp) -> AgentContext:
         policy=app.policy,
         tool_decision_path=app.settings.opa_tool_decision_path,
         metrics=app.metrics,
+        responder=app.settings.responder(),
     )

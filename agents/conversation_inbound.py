@@ -10,10 +10,12 @@ from faust.types import StreamT
 
 from agents.context import agent_context
 from agents.pipeline import Kind, consume
+from agents.responder import request_replies
 from app import app
 from app.topics import CONVERSATION_INBOUND
 
-KIND = Kind(CONVERSATION_INBOUND, "conversation_event")
+# with SOMA_SLM_URL set, each stored user message is queued for the responder (agents/responder.py)
+KIND = Kind(CONVERSATION_INBOUND, "conversation_event", after_store=request_replies)
 
 
 @app.agent(app.session_topics[CONVERSATION_INBOUND], name="conversation_inbound")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import ssl
 from collections.abc import Mapping
@@ -59,6 +60,24 @@ class ToolSettings:
     def timeout(self, name: str) -> float:
         """Seconds tool ``name`` may run: its ``SOMA_TOOL_TIMEOUTS`` entry, else ``SOMA_TOOL_TIMEOUT_SECONDS``."""
         return self.timeouts.get(name, self.timeout_seconds)
+
+
+@dataclass(frozen=True)
+class ResponderSettings:
+    """The slice of the settings the responder uses (agents/responder.py)."""
+
+    url: str  # the model server's base URL; empty: no replies
+    model: str
+    max_tokens: int
+    temperature: float
+    history_chars: int  # of the session's earlier messages sent with each one
+    coalesce_seconds: float  # tokens gathered this long into one assistant.delta
+    timeout_seconds: float  # a whole reply
+    system_prompt: str
+    personas: dict[str, str]  # persona id -> system prompt
+
+    def prompt(self, persona_id: str | None) -> str:
+        return self.personas.get(persona_id or "", self.system_prompt)
 
 
 @dataclass(frozen=True)
@@ -223,6 +242,23 @@ class Settings:
     opa_tool_decision_path: str = "somastack/tool_allow"
     opa_timeout_seconds: float = 1.0
     opa_cache_seconds: float = 5.0
+    # the responder (agents/responder.py): off when the URL is empty; else each stored user message is answered
+    # by an OpenAI-compatible model server (POST <url>/v1/chat/completions, streamed) as assistant.delta
+    # events, coalesced this often, then one assistant.final; at most slm_concurrency replies at once per worker
+    # (the rest wait in Kafka); the session's history up to slm_history_chars goes with each message; the
+    # persona's system prompt from slm_personas (a JSON object: persona id -> prompt), else slm_system_prompt
+    slm_url: str = ""
+    slm_model: str = "smollm2"
+    slm_concurrency: int = 2
+    slm_max_tokens: int = 256
+    slm_temperature: float = 0.7
+    slm_history_chars: int = 6_000
+    slm_coalesce_seconds: float = 0.05
+    slm_timeout_seconds: float = 120.0
+    slm_system_prompt: str = "You are SomaAgent, a helpful assistant. Answer briefly and plainly."
+    slm_personas: str = ""
+    # a reply's "started" mark (tables/reply_runs.py) is kept this long
+    reply_run_ttl_seconds: int = 86_400
     # the local stack (deploy/stack.py): where its data, logs and downloaded jars live
     stack_dir: Path = ROOT / ".stack"
     cache_dir: Path = Path.home() / ".cache" / "somaagent01"
@@ -298,6 +334,11 @@ class Settings:
             )
         self._validate_auth()
         self._validate_kafka_auth()
+        self.persona_prompts()  # raises on a malformed SOMA_SLM_PERSONAS
+        if self.slm_url and not self.slm_url.startswith(("http://", "https://")):
+            raise SettingsError(f"SOMA_SLM_URL must be an http(s):// URL, not {self.slm_url!r}")
+        if self.slm_concurrency < 1:
+            raise SettingsError("SOMA_SLM_CONCURRENCY must be >= 1")
         self.http_fetch_port_set()
         if self.stream_recovery_max < 1 or self.stream_queue_max < 1 or self.ws_max_message_bytes < 1024:
             raise SettingsError(
@@ -393,6 +434,31 @@ class Settings:
         if given:
             return given
         return ("HS256",) if self.jwt_secret else ("RS256", "ES256")
+
+    def responder(self) -> ResponderSettings:
+        """The responder's slice."""
+        return ResponderSettings(
+            url=self.slm_url.rstrip("/"),
+            model=self.slm_model,
+            max_tokens=self.slm_max_tokens,
+            temperature=self.slm_temperature,
+            history_chars=self.slm_history_chars,
+            coalesce_seconds=self.slm_coalesce_seconds,
+            timeout_seconds=self.slm_timeout_seconds,
+            system_prompt=self.slm_system_prompt,
+            personas=self.persona_prompts(),
+        )
+
+    def persona_prompts(self) -> dict[str, str]:
+        if not self.slm_personas:
+            return {}
+        try:
+            personas = json.loads(self.slm_personas)
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"SOMA_SLM_PERSONAS must be a JSON object (persona id -> prompt): {exc}") from exc
+        if not isinstance(personas, dict) or not all(isinstance(v, str) for v in personas.values()):
+            raise SettingsError("SOMA_SLM_PERSONAS must be a JSON object of strings (persona id -> system prompt)")
+        return personas
 
     def tools(self) -> ToolSettings:
         """The tool executor's slice."""

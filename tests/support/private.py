@@ -19,6 +19,7 @@ from deploy.localstack.opa_server import OpaServer
 from deploy.localstack.postgres_server import PostgresServer
 from deploy.localstack.prometheus_server import PrometheusServer
 from deploy.localstack.redis_server import RedisServer
+from deploy.localstack.slm_server import SlmServer
 
 C = TypeVar("C", bound=Component)
 
@@ -99,5 +100,14 @@ def private_jaeger(settings: Settings) -> Iterator[JaegerServer]:
         settings,
         "jaeger",
         lambda home: JaegerServer("127.0.0.1", free_port(), home, settings.cache_dir, otlp_port=free_port()),
+    ) as server:
+        yield server
+
+
+@contextmanager
+def private_slm(settings: Settings) -> Iterator[SlmServer]:
+    """llama.cpp's server with the small model, of the test's own (built by ``make tools``)."""
+    with _running(
+        settings, "slm", lambda home: SlmServer("127.0.0.1", free_port(), home, settings.cache_dir)
     ) as server:
         yield server

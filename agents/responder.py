@@ -1,0 +1,348 @@
+"""The responder: each stored user message answered by a model, streamed to the session as it is written.
+
+Flow: ``conversation_inbound`` stores a ``user.message`` and then publishes a reply request (``reply.requests``,
+keyed by session); the ``responder`` agent takes at most ``SOMA_SLM_CONCURRENCY`` of them at once per worker (the
+rest wait in Kafka), reads the session's history from PostgreSQL, calls the model server's OpenAI-compatible
+``POST /v1/chat/completions`` with ``stream: true`` and publishes to ``conversation.outbound``:
+
+- ``assistant.delta`` events (``stream_id``, ``index`` 0, 1, ...) with the tokens gathered over
+  ``SOMA_SLM_COALESCE_SECONDS``, as they arrive;
+- then one ``assistant.final`` whose ``message`` is exactly the concatenation of that stream's deltas, with
+  ``metadata.status``: ``complete``, ``length`` (``SOMA_SLM_MAX_TOKENS`` reached), ``timeout``
+  (``SOMA_SLM_TIMEOUT_SECONDS``) or ``failed`` (the model server broke off mid-reply; ``metadata.error``).
+
+Exactly one final per user message: its event id is derived from the message's, so the store keeps one even if
+it is published twice, and the ``reply_runs`` table (tables/reply_runs.py) marks each reply started and finished
+before its request is acknowledged. A request read again (a crash, a rebalance, a replay) whose reply finished is
+skipped; one whose reply was started and not finished was interrupted mid-reply: the new owner publishes a
+``system.notice`` (``metadata.notice = reply_restarted``, ``metadata.stream_id`` = the abandoned stream: a client
+drops that stream's deltas) and replies again under a new ``stream_id`` (the attempt's number is its suffix).
+
+A model server that cannot be reached, or answers 5xx, before the reply's first token is retried with backoff,
+holding the request (replies wait in Kafka meanwhile); the model is never called twice for one attempt's tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import uuid
+import weakref
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from faust.types import StreamT
+
+from agents.boundary import decode, retry_transient
+from agents.context import AgentContext, agent_context
+from app import app, events
+from app.repository import BatchResult, Incoming, stored_ids
+from app.topics import CONVERSATION_OUTBOUND, REPLY_REQUESTS
+from tables.reply_runs import mark, run_of
+
+if TYPE_CHECKING:
+    import aiopg
+    from faust.types import EventT
+
+    from app.settings import ResponderSettings
+
+log = logging.getLogger(__name__)
+
+# the ids of a reply's events derive from the user message's, so that a republished event is stored once
+NAMESPACE = uuid.UUID("6f0b8f3e-2a4c-4d7e-9b1a-5c3e7d9f1a20")
+# the model's answer is read line by line (server-sent events); a silent stream is given up after this
+READ_TIMEOUT_SECONDS = 60.0
+# messages of the history read at most (then cut to SOMA_SLM_HISTORY_CHARS)
+HISTORY_EVENTS = 200
+
+
+class ModelUnavailable(ConnectionError):
+    """The model server could not be reached, or answered 5xx, before the reply's first token (transient)."""
+
+
+class ModelFailed(Exception):
+    """The model server refused the request (4xx) or broke off mid-reply."""
+
+
+def _id(kind: str, *parts: object) -> str:
+    return str(uuid.uuid5(NAMESPACE, ":".join([kind, *map(str, parts)])))
+
+
+def final_id(request_id: str) -> str:
+    """The event id of the one final reply to user message ``request_id``."""
+    return _id("final", request_id)
+
+
+# -- requests: published after a user message is stored -------------------------------------------------------
+
+
+async def request_replies(ctx: AgentContext, result: BatchResult, items: list[Incoming]) -> None:
+    """After a batch of ``conversation.inbound`` is stored: a reply request for each of its user messages.
+
+    Duplicates too (a replay): their request may have been lost with a worker; the responder skips a message
+    that has its final already.
+    """
+    if not ctx.responder.url:
+        return
+    for item in items:
+        event = item.event
+        if event.get("type") != "user.message":
+            continue
+        request = {
+            "event_id": _id("reply", event["event_id"]),
+            "session_id": event["session_id"],
+            "request_id": event["event_id"],
+            "persona_id": event.get("persona_id"),
+            "version": 1,
+            "occurred_at": events.now_iso(),
+        }
+        await retry_transient(
+            "publish reply request", functools.partial(ctx.send, REPLY_REQUESTS, request, "reply_request")
+        )
+
+
+# -- the agent ----------------------------------------------------------------------------------------------------
+
+_session_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+def _lock(session_id: str) -> asyncio.Lock:
+    """One reply at a time per session (its requests may be taken by two of the agent's actors at once)."""
+    lock = _session_locks.get(session_id)
+    if lock is None:
+        lock = _session_locks[session_id] = asyncio.Lock()
+    return lock
+
+
+@app.agent(app.session_topics[REPLY_REQUESTS], name="responder", concurrency=app.settings.slm_concurrency)
+async def responder(stream: StreamT[bytes]) -> None:
+    ctx = agent_context(app)
+    async for event in stream.events():  # acknowledged when the next one is taken: after its reply
+        await answer(ctx, event)
+
+
+async def answer(ctx: AgentContext, event: EventT[bytes]) -> None:
+    """Reply to one request; never raises (the agent would acknowledge it and go on anyway)."""
+    try:
+        request = decode(event.message.value, "reply_request", ctx.settings.max_event_bytes)
+    except Exception as exc:  # not ours: nothing to answer
+        message = event.message
+        log.error("reply request %s[%d]@%d is not one: %s", message.topic, message.partition, message.offset, exc)
+        return
+    if not ctx.responder.url:
+        log.warning("reply request for %s ignored: SOMA_SLM_URL is not set on this worker", request["request_id"])
+        return
+    try:
+        async with _lock(request["session_id"]):
+            await _reply(ctx, event, request)
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # a defect: outages are retried inside, the model's failures answered as such
+        log.exception("the reply to %s failed", request["request_id"])
+
+
+async def _reply(ctx: AgentContext, event: EventT[bytes], request: dict[str, Any]) -> None:
+    request_id = request["request_id"]
+    pool = await ctx.resources.postgres()
+    if await retry_transient("read stored final", lambda: stored_ids(pool, [final_id(request_id)])):
+        return
+    run = run_of(request_id, event)
+    if run is not None and run.get("finished"):
+        return  # its final is published (and on its way to the store)
+    reply = Reply(ctx, request, attempt=run["attempt"] + 1 if run else 1)
+    if run is not None:
+        await reply.restarted(run["stream_id"])
+    started = {"attempt": reply.attempt, "stream_id": reply.stream_id, "finished": False}
+    await retry_transient("mark the reply started", lambda: mark(request_id, event, started))
+    messages = await retry_transient("read history", lambda: history(pool, ctx.responder, request))
+    status, error = await reply.generate(messages)
+    await reply.finish(status, error)
+    finished = {**started, "finished": True}
+    await retry_transient("mark the reply finished", lambda: mark(request_id, event, finished))
+
+
+class Reply:
+    """One attempt at answering a user message: its deltas as they come, then its final."""
+
+    def __init__(self, ctx: AgentContext, request: dict[str, Any], attempt: int) -> None:
+        self.ctx = ctx
+        self.settings = ctx.responder
+        self.request_id: str = request["request_id"]
+        self.session_id: str = request["session_id"]
+        self.persona_id: str | None = request.get("persona_id")
+        self.attempt = attempt
+        self.stream_id = f"{self.request_id}.{attempt}"
+        self.parts: list[str] = []  # the text of each delta published, in order
+        self.pending = ""  # tokens not published yet
+        self.tokens = 0
+
+    def _event(self, event_id: str, type_: str, role: str, message: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "event_id": event_id,
+            "session_id": self.session_id,
+            "persona_id": self.persona_id,
+            "role": role,
+            "type": type_,
+            "message": message,
+            "version": events.EVENT_VERSION,
+            "occurred_at": events.now_iso(),
+            **extra,
+        }
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        await retry_transient(
+            f"publish {event['type']}", lambda: self.ctx.send(CONVERSATION_OUTBOUND, event, "conversation_event")
+        )
+
+    async def restarted(self, abandoned: str) -> None:
+        notice = self._event(
+            _id("restart", abandoned),
+            "system.notice",
+            "system",
+            "The reply was interrupted and starts again.",
+            metadata={"notice": "reply_restarted", "reply_to": self.request_id, "stream_id": abandoned},
+        )
+        await self._send(notice)
+
+    async def flush(self) -> None:
+        """Publish the tokens gathered so far as the stream's next delta."""
+        if not self.pending:
+            return
+        text, self.pending = self.pending, ""
+        index = len(self.parts)
+        delta = self._event(
+            _id("delta", self.stream_id, index),
+            "assistant.delta",
+            "assistant",
+            text,
+            stream_id=self.stream_id,
+            index=index,
+            metadata={"reply_to": self.request_id},
+        )
+        await self._send(delta)
+        self.parts.append(text)
+
+    async def generate(self, messages: list[dict[str, str]]) -> tuple[str, str | None]:
+        """Stream the model's answer out as deltas; (status, error)."""
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(settings.timeout_seconds):
+                chunks = await retry_transient("call the model server", lambda: _open_stream(self.ctx, messages))
+                flushed = loop.time()
+                finish = "stop"
+                async for content, reason in chunks:
+                    if content:
+                        self.pending += content
+                        self.tokens += 1
+                    if reason:
+                        finish = reason
+                    if loop.time() - flushed >= settings.coalesce_seconds:
+                        await self.flush()
+                        flushed = loop.time()
+                await self.flush()
+                return ("length" if finish == "length" else "complete"), None
+        except TimeoutError:
+            await self.flush()
+            return "timeout", f"no complete answer within {settings.timeout_seconds:g} s"
+        except (ModelFailed, aiohttp.ClientError, ValueError) as exc:
+            await self.flush()
+            log.warning("the model server failed mid-reply to %s: %r", self.request_id, exc)
+            return "failed", str(exc) or type(exc).__name__
+
+    async def finish(self, status: str, error: str | None) -> None:
+        metadata = {"reply_to": self.request_id, "status": status, "model": self.settings.model}
+        metadata["deltas"] = str(len(self.parts))
+        if error is not None:
+            metadata["error"] = error[:1000]
+        final = self._event(
+            final_id(self.request_id),
+            "assistant.final",
+            "assistant",
+            "".join(self.parts),
+            stream_id=self.stream_id,
+            metadata=metadata,
+        )
+        await self._send(final)
+
+
+async def _open_stream(
+    ctx: AgentContext, messages: list[dict[str, str]]
+) -> AsyncIterator[tuple[str | None, str | None]]:
+    """Start the model's streamed answer; its (content, finish reason) chunks. ModelUnavailable (transient)
+    while nothing has been read; a 4xx is ModelFailed."""
+    settings = ctx.responder
+    body = {
+        "model": settings.model,
+        "messages": messages,
+        "stream": True,
+        "max_tokens": settings.max_tokens,
+        "temperature": settings.temperature,
+    }
+    timeout = aiohttp.ClientTimeout(total=None, connect=5.0, sock_read=READ_TIMEOUT_SECONDS)
+    try:
+        response = await ctx.resources.http().post(f"{settings.url}/v1/chat/completions", json=body, timeout=timeout)
+    except (aiohttp.ClientError, OSError) as exc:
+        raise ModelUnavailable(f"the model server at {settings.url} is unreachable: {exc!r}") from exc
+    if response.status >= 500:
+        text = (await response.text())[:500]
+        response.release()
+        raise ModelUnavailable(f"the model server answered {response.status}: {text}")
+    if response.status != 200:
+        text = (await response.text())[:500]
+        response.release()
+        raise ModelFailed(f"the model server refused the request ({response.status}): {text}")
+    return _chunks(response)
+
+
+async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str | None, str | None]]:
+    """The server-sent events of a streamed chat completion, as (content, finish reason)."""
+    try:
+        async for raw in response.content:
+            line = raw.strip()
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                return
+            chunk = json.loads(data)
+            if "error" in chunk:
+                raise ModelFailed(f"the model server reported an error: {chunk['error']}")
+            for choice in chunk.get("choices", ()):
+                delta = choice.get("delta") or {}
+                yield delta.get("content"), choice.get("finish_reason")
+    finally:
+        response.release()
+
+
+# -- history --------------------------------------------------------------------------------------------------
+
+_HISTORY = """
+SELECT role, payload->>'message' FROM session_events
+WHERE session_id = %s AND type IN ('user.message', 'assistant.final')
+  AND seq <= (SELECT seq FROM session_events WHERE event_id = %s)
+ORDER BY seq DESC LIMIT %s
+"""
+
+
+async def history(pool: aiopg.Pool, settings: ResponderSettings, request: dict[str, Any]) -> list[dict[str, str]]:
+    """The model's input: the persona's system prompt, then the session's messages up to the one answered, the
+    oldest dropped beyond ``SOMA_SLM_HISTORY_CHARS`` (the answered one always goes, cut to the budget)."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(_HISTORY, (request["session_id"], request["request_id"], HISTORY_EVENTS))
+        rows = await cur.fetchall()
+    budget = settings.history_chars
+    kept: list[dict[str, str]] = []
+    for role, message in rows:  # newest first
+        text = message or ""
+        if kept and len(text) > budget:
+            break
+        text = text[-budget:] if not kept else text
+        kept.append({"role": "assistant" if role == "assistant" else "user", "content": text})
+        budget -= len(text)
+        if budget <= 0:
+            break
+    return [{"role": "system", "content": settings.prompt(request.get("persona_id"))}, *reversed(kept)]

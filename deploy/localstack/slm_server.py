@@ -1,0 +1,74 @@
+"""llama.cpp's OpenAI-compatible server (``llama-cpp-python[server]``, built once by ``make tools``) serving the
+small model of the cache: the responder's model server (agents/responder.py) for ``make run SLM=1`` and the
+tests. ``SOMA_SLM_URL`` names it; the stack starts it only when that URL is on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from deploy.localstack.base import Component, WrongService
+from deploy.localstack.go_tools import LLAMA_SERVER
+
+# the model's name in the API (SOMA_SLM_MODEL)
+MODEL_ALIAS = "smollm2"
+
+
+class SlmServer(Component):
+    name = "slm"
+    start_seconds = 120.0
+
+    def __init__(self, host: str, port: int, home: Path, cache_dir: Path, threads: int = 2) -> None:
+        super().__init__(host, port, home)
+        self.cache_dir = cache_dir
+        self.threads = threads
+
+    @classmethod
+    def from_url(cls, url: str, home: Path, cache_dir: Path) -> SlmServer:
+        parts = urlsplit(url)
+        return cls(parts.hostname or "127.0.0.1", parts.port or 80, home, cache_dir)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def answers(self) -> bool:
+        try:
+            # an http:// URL made here from the host and port given
+            with urllib.request.urlopen(f"{self.url}/v1/models", timeout=5) as response:  # noqa: S310
+                body = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise WrongService(f"slm: {self.host}:{self.port} answered /v1/models with {exc.code}") from exc
+        except json.JSONDecodeError as exc:
+            raise WrongService(f"slm: {self.host}:{self.port} does not answer as an OpenAI-compatible server") from exc
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            raise WrongService(f"slm: {self.host}:{self.port} does not answer as an OpenAI-compatible server")
+        return True
+
+    def install(self) -> None:
+        LLAMA_SERVER.require(self.cache_dir)
+
+    def launch(self) -> None:
+        self.spawn(
+            [
+                str(LLAMA_SERVER.require(self.cache_dir)),
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(LLAMA_SERVER.model_path(self.cache_dir)),
+                "--model_alias",
+                MODEL_ALIAS,
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+                "--n_threads",
+                str(self.threads),
+                "--n_ctx",
+                "4096",
+            ]
+        )
