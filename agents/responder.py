@@ -8,7 +8,8 @@ rest wait in Kafka), reads the session's history from PostgreSQL, calls the mode
 - ``assistant.delta`` events (``stream_id``, ``index`` 0, 1, ...) with the tokens gathered over
   ``SOMA_SLM_COALESCE_SECONDS``, as they arrive;
 - then one ``assistant.final`` whose ``message`` is exactly the concatenation of that stream's deltas, with
-  ``metadata.status``: ``complete``, ``length`` (``SOMA_SLM_MAX_TOKENS`` reached), ``timeout``
+  ``metadata.status``: ``complete``, ``length`` (``SOMA_SLM_MAX_TOKENS`` reached), ``stopped`` (a client asked,
+  app/stops.py: the model's connection is closed, which ends its generation), ``timeout``
   (``SOMA_SLM_TIMEOUT_SECONDS``) or ``failed`` (the model server broke off mid-reply; ``metadata.error``).
 
 Exactly one final per user message: its event id is derived from the message's, so the store keeps one even if
@@ -25,20 +26,23 @@ holding the request (replies wait in Kafka meanwhile); the model is never called
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
+import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import redis.exceptions
 from faust.types import StreamT
 
 from agents.boundary import decode, retry_transient
 from agents.context import AgentContext, agent_context
-from app import app, events
+from app import app, events, stops
 from app.repository import BatchResult, Incoming, stored_ids
 from app.topics import CONVERSATION_OUTBOUND, REPLY_REQUESTS
 from tables.reply_runs import mark, run_of
@@ -57,6 +61,8 @@ NAMESPACE = uuid.UUID("6f0b8f3e-2a4c-4d7e-9b1a-5c3e7d9f1a20")
 READ_TIMEOUT_SECONDS = 60.0
 # messages of the history read at most (then cut to SOMA_SLM_HISTORY_CHARS)
 HISTORY_EVENTS = 200
+# a client's stop (app/stops.py) is looked for this often while the model writes
+STOP_CHECK_SECONDS = 0.1
 
 
 class ModelUnavailable(ConnectionError):
@@ -178,6 +184,7 @@ class Reply:
         self.parts: list[str] = []  # the text of each delta published, in order
         self.pending = ""  # tokens not published yet
         self.tokens = 0
+        self.sending: tuple[asyncio.Future[None], str] | None = None  # a delta being published, and its text
 
     def _event(self, event_id: str, type_: str, role: str, message: str, **extra: Any) -> dict[str, Any]:
         return {
@@ -208,7 +215,12 @@ class Reply:
         await self._send(notice)
 
     async def flush(self) -> None:
-        """Publish the tokens gathered so far as the stream's next delta."""
+        """Publish the tokens gathered so far as the stream's next delta.
+
+        The send is shielded: a reply cancelled meanwhile (stopped, timed out) lets it finish, and
+        :meth:`settle` counts it, so that the final is exactly the deltas that were published.
+        """
+        await self.settle()
         if not self.pending:
             return
         text, self.pending = self.pending, ""
@@ -222,18 +234,47 @@ class Reply:
             index=index,
             metadata={"reply_to": self.request_id},
         )
-        await self._send(delta)
+        self.sending = (asyncio.ensure_future(self._send(delta)), text)
+        await asyncio.shield(self.sending[0])
+        self.sending = None
         self.parts.append(text)
 
+    async def settle(self) -> None:
+        """Wait for a delta whose send was under way when the reply was cancelled, and count it."""
+        if self.sending is not None:
+            sent, text = self.sending
+            await sent
+            self.sending = None
+            self.parts.append(text)
+
     async def generate(self, messages: list[dict[str, str]]) -> tuple[str, str | None]:
-        """Stream the model's answer out as deltas; (status, error)."""
+        """Stream the model's answer out as deltas until it ends, a client stops it, or its time is up;
+        (status, error)."""
+        settings = self.settings
+        reader = asyncio.ensure_future(self._read(messages))
+        watcher = asyncio.ensure_future(self._watch_stop(time.time()))
+        try:
+            async with asyncio.timeout(settings.timeout_seconds):
+                await asyncio.wait({reader, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            status: tuple[str, str | None] = ("timeout", f"no complete answer within {settings.timeout_seconds:g} s")
+        else:
+            status = reader.result() if reader.done() else ("stopped", None)
+        finally:
+            for task in (watcher, reader):
+                task.cancel()  # the reader's model connection closes: the server stops generating
+            await asyncio.gather(watcher, reader, return_exceptions=True)
+        await self.flush()  # what was read before the end
+        return status
+
+    async def _read(self, messages: list[dict[str, str]]) -> tuple[str, str | None]:
         settings = self.settings
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(settings.timeout_seconds):
-                chunks = await retry_transient("call the model server", lambda: _open_stream(self.ctx, messages))
-                flushed = loop.time()
-                finish = "stop"
+            chunks = await retry_transient("call the model server", lambda: _open_stream(self.ctx, messages))
+            flushed = loop.time()
+            finish: str | None = None
+            async with contextlib.aclosing(chunks):
                 async for content, reason in chunks:
                     if content:
                         self.pending += content
@@ -243,19 +284,33 @@ class Reply:
                     if loop.time() - flushed >= settings.coalesce_seconds:
                         await self.flush()
                         flushed = loop.time()
-                await self.flush()
-                return ("length" if finish == "length" else "complete"), None
-        except TimeoutError:
-            await self.flush()
-            return "timeout", f"no complete answer within {settings.timeout_seconds:g} s"
+            if finish is None:  # the stream ended without saying why: the server cut it short
+                return "failed", "the model server ended the answer without a finish reason"
+            return ("length" if finish == "length" else "complete"), None
         except (ModelFailed, aiohttp.ClientError, ValueError) as exc:
-            await self.flush()
             log.warning("the model server failed mid-reply to %s: %r", self.request_id, exc)
             return "failed", str(exc) or type(exc).__name__
+
+    async def _watch_stop(self, began: float) -> None:
+        """Return once a client has asked the session's reply to stop (app/stops.py)."""
+        while True:
+            if await self._stopped(began):
+                return
+            await asyncio.sleep(STOP_CHECK_SECONDS)
+
+    async def _stopped(self, began: float) -> bool:
+        try:
+            return await stops.stopped_since(
+                self.ctx.resources.redis, self.ctx.settings.redis_prefix, self.session_id, began
+            )
+        except (redis.exceptions.RedisError, OSError) as exc:  # Redis away: the reply goes on
+            log.info("could not read the stop of session %s (%r)", self.session_id, exc)
+            return False
 
     async def finish(self, status: str, error: str | None) -> None:
         metadata = {"reply_to": self.request_id, "status": status, "model": self.settings.model}
         metadata["deltas"] = str(len(self.parts))
+        metadata["tokens"] = str(self.tokens)
         if error is not None:
             metadata["error"] = error[:1000]
         final = self._event(
@@ -271,7 +326,7 @@ class Reply:
 
 async def _open_stream(
     ctx: AgentContext, messages: list[dict[str, str]]
-) -> AsyncIterator[tuple[str | None, str | None]]:
+) -> AsyncGenerator[tuple[str | None, str | None], None]:
     """Start the model's streamed answer; its (content, finish reason) chunks. ModelUnavailable (transient)
     while nothing has been read; a 4xx is ModelFailed."""
     settings = ctx.responder
@@ -298,7 +353,7 @@ async def _open_stream(
     return _chunks(response)
 
 
-async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str | None, str | None]]:
+async def _chunks(response: aiohttp.ClientResponse) -> AsyncGenerator[tuple[str | None, str | None], None]:
     """The server-sent events of a streamed chat completion, as (content, finish reason)."""
     try:
         async for raw in response.content:

@@ -37,6 +37,7 @@ CODES: dict[str, ErrorCode] = {
     "method_not_allowed": ErrorCode(405, "the path does not take this method (see Allow)"),
     "body_timeout": ErrorCode(408, "the body did not arrive within SOMA_HTTP_BODY_TIMEOUT_SECONDS"),
     "idempotency_in_progress": ErrorCode(409, "a request with this Idempotency-Key is still being handled"),
+    "replies_off": ErrorCode(409, "the service does not reply to messages (SOMA_SLM_URL unset): nothing to stop"),
     "payload_too_large": ErrorCode(413, "the body exceeds SOMA_MAX_BODY_BYTES"),
     "unsupported_media_type": ErrorCode(415, "the body is not application/json"),
     "validation_failed": ErrorCode(422, "the body does not match its JSON Schema"),
@@ -55,6 +56,7 @@ CODES: dict[str, ErrorCode] = {
     "too_many_connections": ErrorCode(503, "every connection slot is busy; retry after Retry-After"),
     "auth_unavailable": ErrorCode(503, "stream tickets (Redis) cannot be checked; retry"),
     "feed_unavailable": ErrorCode(503, "a stream could not subscribe to the session feed (Redis); retry"),
+    "stop_unavailable": ErrorCode(503, "a reply's stop could not be recorded (Redis); retry"),
 }
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
+from playwright.async_api import Browser, async_playwright
 
 from app.settings import Settings
 from deploy.localstack.__main__ import components
+from deploy.localstack.base import require_command
 from tests.support import secrets
 from tests.support.isolation import (
     Isolated,
@@ -35,6 +37,8 @@ LONGEST_FIRST = (
     "test_replicas.py",
     "test_event_core.py",
     "test_schema_drift.py",
+    "test_responder.py",
+    "test_traces.py",
 )
 
 
@@ -103,3 +107,32 @@ def blockbuster() -> Iterator[BlockBuster]:
         for function in ("io.TextIOWrapper.read", "io.BufferedReader.read", "os.stat"):
             detector.functions[function].can_block_in("tests/support/worker.py", "log")
         yield detector
+
+
+# Debian's Chromium, not a Playwright browser build (those are downloads this project never makes)
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The Chromium binary, apt-installed on a machine that lacks it."""
+    return require_command("chromium", "chromium")
+
+
+@pytest.fixture
+async def browser(chromium: str) -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()

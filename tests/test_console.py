@@ -10,46 +10,18 @@ from typing import Any
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+from playwright.async_api import Browser, Locator, Page, expect
 
-from deploy.localstack.base import require_command
 from tests.support.client import get_json, post_message
 from tests.support.db import wait_rows
 from tests.support.isolation import Isolated
 from tests.support.worker import Worker, running
 
-# Debian's Chromium, not a Playwright browser build (those are downloads this project never makes)
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 RECOVERY_MAX = 4  # small, so that a longer absence shows the not-recovered path and its gap
 WAIT_MS = 20_000  # the first message waits for the new worker's partitions to be assigned
 NAMES = {"ws": "WebSocket", "sse": "SSE"}
 OPEN = {"ws": "connected", "sse": "open"}
 SENT = {"ws": "Sent over the socket as event", "sse": "Sent over HTTP as event"}
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """The Chromium binary, apt-installed on a machine that lacks it."""
-    return require_command("chromium", "chromium")
-
-
-@pytest.fixture
-async def browser(chromium: str) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 @pytest.fixture

@@ -263,3 +263,9 @@ async def test_a_key_reused_after_its_record_expired_is_never_silently_dropped(a
         2,
     )
     assert [(r["seq"], r["payload"]["message"]) for r in rows] == [(1, "once, even a week-end later"), (2, "after")]
+
+
+async def test_stopping_a_reply_where_nothing_replies_is_409_replies_off(worker: Worker) -> None:
+    async with aiohttp.ClientSession() as http, http.post(f"{worker.url}/v1/session/quiet-1/stop") as response:
+        assert response.status == 409
+        assert (await response.json())["error"]["code"] == "replies_off"

@@ -4,8 +4,11 @@ final, after a notice that names the abandoned stream."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +18,7 @@ from typing import Any
 import aiohttp
 import aiopg
 import pytest
+from playwright.async_api import Browser, Locator, Page, expect
 
 from agents.responder import history
 from deploy.localstack.slm_server import SlmServer
@@ -40,7 +44,7 @@ def responder_env(iso: Isolated, slm: SlmServer, **extra: str) -> dict[str, str]
 
 @pytest.fixture(scope="module")
 async def worker(iso_module: Isolated, slm: SlmServer, artifacts: Path) -> AsyncIterator[Worker]:
-    env = responder_env(iso_module, slm, SOMA_SLM_MAX_TOKENS="40")
+    env = responder_env(iso_module, slm, SOMA_SLM_MAX_TOKENS="1000", SOMA_SLM_TIMEOUT_SECONDS="600")
     async with running(env, artifacts / "logs" / f"responder-{iso_module.tag}.log") as worker:
         yield worker
 
@@ -143,28 +147,70 @@ async def test_the_model_is_given_the_persona_and_the_session_so_far_within_its_
     assert unknown[0] == {"role": "system", "content": base.slm_system_prompt}
 
 
+LONG = "Write the numbers from 1 to 500 separated by commas."  # ~1,000 tokens at temperature 0
+
+
+async def test_a_client_stops_a_reply_by_post_or_on_its_websocket_and_the_final_says_stopped(
+    worker: Worker, iso_module: Isolated
+) -> None:
+    dsn = iso_module.settings.postgres_dsn
+    deltas = "SELECT 1 FROM session_events WHERE session_id = %s AND type = 'assistant.delta'"
+    finals = "SELECT payload FROM session_events WHERE session_id = %s AND type = 'assistant.final'"
+    by_post, by_ws = (f"reply-stop-{how}-{uuid.uuid4().hex[:8]}" for how in ("post", "ws"))
+    status, posted = await post_message(worker.url, {"session_id": by_post, "message": LONG})
+    assert status == 202, posted
+    await wait_rows(dsn, deltas, (by_post,), 2, timeout=REPLY_WITHIN)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{worker.url}/v1/session/{by_post}/stop") as response:
+            assert response.status == 202, await response.text()
+            assert (await response.json())["session_id"] == by_post
+        ws_url = f"{worker.url.replace('http', 'ws')}/v1/session/{by_ws}/stream"
+        async with http.ws_connect(ws_url) as ws:
+            await ws.send_json({"message": LONG, "ref": "m"})
+            seen: list[dict[str, Any]] = []
+            while sum(1 for e in seen if e.get("type") == "assistant.delta") < 2:
+                seen.append(json.loads((await ws.receive(timeout=REPLY_WITHIN)).data))
+            await ws.send_json({"action": "stop", "ref": "s"})
+            while not any(e.get("type") == "assistant.final" for e in seen):
+                seen.append(json.loads((await ws.receive(timeout=REPLY_WITHIN)).data))
+        assert {"type": "ack", "ref": "s"}.items() <= next(e for e in seen if e.get("ref") == "s").items()
+    for session in (by_post, by_ws):
+        (final,) = [r["payload"] for r in await wait_rows(dsn, finals, (session,), 1, timeout=REPLY_WITHIN)]
+        events = [
+            r["payload"]
+            for r in query(dsn, "SELECT payload FROM session_events WHERE session_id = %s ORDER BY seq", (session,))
+        ]
+        stopped = [e for e in events if e["type"] == "assistant.delta"]
+        assert final["metadata"]["status"] == "stopped", final["metadata"]
+        assert final["message"] == "".join(d["message"] for d in stopped)
+        # stopped well before the model's 1,000 tokens
+        assert 0 < int(final["metadata"]["tokens"]) < 1000
+
+
 async def test_a_worker_killed_mid_reply_leaves_exactly_one_final_after_a_restart_notice(
     iso: Isolated, slm: SlmServer, artifacts: Path
 ) -> None:
-    env = responder_env(iso, slm, SOMA_SLM_MAX_TOKENS="1000", SOMA_KAFKA_SESSION_TIMEOUT_SECONDS="6")
+    env = responder_env(iso, slm, SOMA_SLM_MAX_TOKENS="200", SOMA_KAFKA_SESSION_TIMEOUT_SECONDS="6")
     dsn = iso.settings.postgres_dsn
     session = f"reply-kill-{uuid.uuid4().hex[:8]}"
     events = "SELECT payload FROM session_events WHERE session_id = %s ORDER BY seq"
     first = Worker(env, artifacts / "logs" / f"responder-kill-a-{iso.tag}.log")
     await first.started()
     await first.wait_http()
+    pid = await asyncio.to_thread(slm.ours)
+    assert pid is not None
     try:
-        status, answer = await post_message(
-            first.url, {"session_id": session, "message": "Write the numbers from 1 to 500 separated by commas."}
-        )
+        status, answer = await post_message(first.url, {"session_id": session, "message": LONG})
         assert status == 202, answer
         deltas = "SELECT 1 FROM session_events WHERE session_id = %s AND type = 'assistant.delta'"
         await wait_rows(dsn, deltas, (session,), 3, timeout=REPLY_WITHIN)
-        assert not [r for r in query(dsn, events, (session,)) if r["payload"]["type"] == "assistant.final"], (
-            "the reply finished before the kill: the test proves nothing"
-        )
+        # the model paused (SIGSTOP) so that the reply is surely mid-way when its worker dies, however fast
+        # or slow the machine writes
+        os.kill(pid, signal.SIGSTOP)
+        assert not [r for r in query(dsn, events, (session,)) if r["payload"]["type"] == "assistant.final"]
     finally:
         await first.killed()
+        os.kill(pid, signal.SIGCONT)
     async with running(env, artifacts / "logs" / f"responder-kill-b-{iso.tag}.log"):
         finals = "SELECT 1 FROM session_events WHERE session_id = %s AND type = 'assistant.final'"
         await wait_rows(dsn, finals, (session,), 1, timeout=REPLY_WITHIN + 60)
@@ -183,3 +229,55 @@ async def test_a_worker_killed_mid_reply_leaves_exactly_one_final_after_a_restar
     abandoned = [e for e in stored if e.get("stream_id") == f"{answer['event_id']}.1"]
     assert abandoned and max(e["seq"] for e in abandoned) < notices[0]["seq"]
     check_reply([e for e in stored if e.get("stream_id") != f"{answer['event_id']}.1"], answer["event_id"])
+
+
+def reply_rows(page: Page) -> Locator:
+    return page.locator("#events li.reply")
+
+
+@pytest.mark.timeout(600)
+async def test_the_console_streams_a_reply_shows_it_to_a_late_joiner_and_stops_one(
+    browser: Browser, worker: Worker, slm: SlmServer, iso_module: Isolated
+) -> None:
+    dsn = iso_module.settings.postgres_dsn
+    page = await browser.new_page()
+    await page.goto(worker.url + "/")
+    await page.get_by_role("button", name="New session", exact=True).click()
+    session = await page.get_by_label("Session", exact=True).input_value()
+    await expect(page.get_by_role("status")).to_contain_text("recovered: yes", timeout=30_000)
+
+    # a reply streams into one row, its text growing, then the final's text
+    await page.get_by_label("Message", exact=True).fill(LONG)
+    await page.get_by_label("Message", exact=True).press("Enter")
+    streaming = page.locator("#events li.reply.streaming")
+    await expect(streaming).to_have_count(1, timeout=REPLY_WITHIN * 1000)
+    await expect(page.get_by_role("button", name="Stop reply")).to_be_visible()
+    first_text = await streaming.locator(".text").text_content()
+
+    # the model server paused mid-reply (SIGSTOP), a second viewer joins: one row with the reply so far (from the
+    # history), exactly what the first viewer shows, still streaming
+    pid = await asyncio.to_thread(slm.ours)
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        late = await browser.new_page()
+        await late.goto(f"{worker.url}/#session={session}&transport=sse")
+        await expect(late.locator("#events li.reply.streaming")).to_have_count(1, timeout=30_000)
+        shown = await streaming.locator(".text").text_content()
+        await expect(late.locator("#events li.reply .text")).to_have_text(shown or "", timeout=30_000)
+        # stopped from the first viewer while the model is paused: the reply ends without another token
+        await page.get_by_role("button", name="Stop reply").click()
+        finals = "SELECT payload FROM session_events WHERE session_id = %s AND type = 'assistant.final'"
+        (final,) = [r["payload"] for r in await wait_rows(dsn, finals, (session,), 1, timeout=60)]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert final["metadata"]["status"] == "stopped"
+    assert first_text is not None and final["message"].startswith(first_text)
+    for viewer in (page, late):
+        row = viewer.locator("#events li.reply.final")
+        await expect(row).to_have_count(1, timeout=30_000)
+        await expect(row).to_have_attribute("data-status", "stopped")
+        assert await row.locator(".text").text_content() == final["message"]
+        await expect(viewer.get_by_role("button", name="Stop reply")).to_be_hidden()
+    # every delta went into the one row: no row per delta
+    assert await page.locator("#events li").count() == 2  # the message and its reply

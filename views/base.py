@@ -116,7 +116,7 @@ class ApiView(View):
         the same bytes again from aiohttp's buffer).
         """
         payload = None
-        if request.method == "POST":
+        if request.method == "POST" and request.body_exists:  # a POST without a body (a stop) has no payload
             payload = await read_json(request, app.settings.http_body_timeout_seconds)
         claims = caller.policy_claims()
         document = policy.request_input(request.method, request.path, request.headers, payload, claims)

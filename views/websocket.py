@@ -20,6 +20,7 @@ from app import events, metrics
 from app.errors import ApiError, error_body
 from app.feed_hub import FeedItem
 from app.rate_limit import RateLimited
+from views import replies
 from views.base import caller_key, limit, principal
 from views.intake import accept_message, validated
 from views.session_stream import SlowReader
@@ -145,6 +146,14 @@ class SocketConnection(StreamConnection):
             await self._send(_error_frame("malformed_json", "frame is not valid JSON"))
             return
         ref = body.get("ref") if isinstance(body, dict) else None
+        if isinstance(body, dict) and body.get("action") == "stop":
+            try:
+                asked = await replies.stop(self.session_id)
+            except ApiError as exc:
+                await self._send({"type": "error", "ref": ref, **exc.body()["error"]})
+                return
+            await self._send({"type": "ack", "ref": ref, "session_id": self.session_id, "stop_requested_at": asked})
+            return
         try:
             if isinstance(body, dict):
                 body = {k: v for k, v in body.items() if k != "ref"}

@@ -70,5 +70,9 @@ class SlmServer(Component):
                 str(self.threads),
                 "--n_ctx",
                 "4096",
+                # its default lets a new request cut the one being answered short (ending it as if complete):
+                # requests wait their turn instead (SOMA_SLM_CONCURRENCY replies may be asked at once)
+                "--interrupt_requests",
+                "False",
             ]
         )

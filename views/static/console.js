@@ -22,6 +22,7 @@ const ui = {
   sendForm: $("send-form"),
   message: $("message"),
   send: $("send"),
+  stop: $("stop"),
   notice: $("notice"),
 };
 
@@ -38,6 +39,7 @@ const state = {
   refs: 0,
   token: sessionStorage.getItem("soma.token") || "", // a bearer token, when the service requires one
   attempt: 0, // connect() calls; an older one's ticket arrives too late to be used
+  replies: false, // the service answers messages (its /health lists the model server)
 };
 
 // crypto.randomUUID exists only in secure contexts; a page opened over plain http from another host is not one
@@ -98,6 +100,41 @@ function markGap(from, to) {
   append(li);
 }
 
+// replies: one row per stream (its deltas appended as they come, then the final's text), "thinking" before
+function replyRow(streamId, replyTo) {
+  let li = ui.events.querySelector(`li.reply[data-stream="${CSS.escape(streamId)}"]`);
+  if (!li) {
+    ui.events.querySelector(`li.thinking[data-reply-to="${CSS.escape(replyTo ?? "")}"]`)?.remove();
+    li = el("li", "reply streaming");
+    li.dataset.stream = streamId;
+    li.append(el("span", "seq", ""), el("span", "type", "assistant"), el("span", "role", "assistant"),
+      el("span", "text", ""));
+    append(li);
+  }
+  return li;
+}
+
+function showReply(event) {
+  const meta = event.metadata ?? {};
+  const li = replyRow(event.stream_id, meta.reply_to);
+  li.dataset.seq = String(event.seq); // the last seq of the reply shown in it
+  li.querySelector(".seq").textContent = String(event.seq);
+  const text = li.querySelector(".text");
+  if (event.type === "assistant.delta") {
+    text.textContent += event.message;
+  } else {
+    text.textContent = event.message; // the final: the whole reply, exactly the deltas joined
+    li.classList.replace("streaming", "final");
+    li.dataset.status = meta.status ?? "complete";
+    if (meta.status && meta.status !== "complete") li.querySelector(".type").textContent = `assistant (${meta.status})`;
+  }
+  updateStop();
+}
+
+function updateStop() {
+  ui.stop.hidden = !ui.events.querySelector("li.reply.streaming, li.thinking");
+}
+
 function addEvent(event) {
   const seq = event.seq;
   if (state.seen.has(seq)) {
@@ -108,13 +145,52 @@ function addEvent(event) {
   if (seq > state.lastSeq + 1) markGap(state.lastSeq + 1, seq - 1);
   state.seen.add(seq);
   state.lastSeq = Math.max(state.lastSeq, seq);
+  if ((event.type === "assistant.delta" || event.type === "assistant.final") && event.stream_id) {
+    showReply(event);
+    renderStatus();
+    return;
+  }
+  if (event.type === "system.notice" && event.metadata?.notice === "reply_restarted") {
+    // a worker died mid-reply: that stream's text is abandoned, the reply starts again under a new stream
+    const old = ui.events.querySelector(`li.reply[data-stream="${CSS.escape(event.metadata.stream_id)}"]`);
+    if (old) old.classList.replace("streaming", "abandoned");
+  }
   const li = el("li");
   li.dataset.seq = String(seq);
   if (event.occurred_at) li.title = event.occurred_at;
   li.append(el("span", "seq", String(seq)), el("span", "type", event.type ?? ""),
     el("span", "role", event.role ?? ""), el("span", "text", event.message ?? ""));
   append(li);
+  if (event.type === "user.message" && state.replies && state.recovered) {
+    // live (not history) and answered by the responder: "thinking" until its first delta (it may wait in the
+    // queue meanwhile)
+    const wait = el("li", "thinking", "thinking…");
+    wait.dataset.replyTo = event.event_id;
+    append(wait);
+  }
+  updateStop();
   renderStatus();
+}
+
+async function stopReply() {
+  const ws = state.conn;
+  if (state.transport === "ws" && ws instanceof WebSocket && ws.readyState === WebSocket.OPEN) {
+    state.refs += 1;
+    ws.send(JSON.stringify({ action: "stop", ref: `s${state.refs}` }));
+    notice("Stopping the reply…");
+    return;
+  }
+  try {
+    const resp = await fetch(`/v1/session/${encodeURIComponent(state.session)}/stop`, {
+      method: "POST",
+      headers: authHeaders(),
+    });
+    const body = await resp.json();
+    if (resp.ok) notice("Stopping the reply…");
+    else notice(`${body.error?.code ?? resp.status}: ${body.error?.message ?? resp.statusText}`, true);
+  } catch (err) {
+    notice(`Not stopped: ${err.message}`, true);
+  }
 }
 
 function onFrame(frame) {
@@ -129,7 +205,8 @@ function onFrame(frame) {
     }
     renderStatus();
   } else if (frame.type === "ack") {
-    notice(`Sent over the socket as event ${frame.event_id}.`);
+    if (frame.stop_requested_at) notice("Stopping the reply…");
+    else notice(`Sent over the socket as event ${frame.event_id}.`);
   } else if (frame.type === "error") {
     notice(`${frame.code}: ${frame.message}`, true);
   }
@@ -332,6 +409,11 @@ ui.devToken.addEventListener("click", async () => {
   }
 });
 ui.token.value = state.token;
+ui.stop.addEventListener("click", stopReply);
+fetch("/health")
+  .then((resp) => resp.json())
+  .then((body) => { state.replies = Boolean(body.components?.slm); })
+  .catch(() => {});
 
 ui.sessionForm.addEventListener("submit", (e) => {
   e.preventDefault();
