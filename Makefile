@@ -79,7 +79,7 @@ test: lint typecheck schema-drift tools migrate ## quality gates, then the whole
 test-unit: venv ## the tests that need no server (settings, schemas, sequencing...), in seconds
 	$(VENV)/bin/pytest -m "not integration"
 
-bench: migrate ## W1-W3 beside their baselines and Centrifugo; rewrites docs/benchmarks.md and its charts
+bench: migrate ## W1-W3 beside their baselines and Centrifugo, W5 replies; rewrites docs/benchmarks.md and its charts
 	$(PY) -m tests.bench
 
 bench-quick: migrate ## the same, smaller (under 3 minutes): run it after every change to the hot path

@@ -1,4 +1,4 @@
-"""``python -m tests.bench [--quick] [--only w1,w1http,w2,w3]``: the benchmark, written to docs/benchmarks.md."""
+"""``python -m tests.bench [--quick] [--only w1,w1http,w2,w3,w5]``: the benchmark, written to docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import subprocess
 import time
 from typing import Any
 
-from tests.bench import delivery, harness, ingest, report
+from tests.bench import delivery, harness, ingest, replies, report
 from tests.bench.harness import ARTIFACTS, Stack
 
 # (quick, full) sizes of each workload
@@ -23,6 +23,7 @@ SIZES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     "w2": ({"rate": 1_000, "seconds": 15, "sessions": 100}, {"rate": 1_000, "seconds": 60, "sessions": 100}),
     "w3": ({"rate": 100, "seconds": 10, "viewers": 1_000}, {"rate": 100, "seconds": 30, "viewers": 1_000}),
+    "w5": ({"concurrency": [1, 4], "max_tokens": 32}, {"concurrency": [1, 4, 16], "max_tokens": 64}),
 }
 
 
@@ -58,6 +59,8 @@ async def run(only: list[str], quick: bool) -> dict[str, Any]:
                 results[name] = await delivery.latency(stack, **size)
             elif name == "w3":
                 results[name] = await delivery.fanout(stack, **size)
+            elif name == "w5":
+                results[name] = await replies.replies(stack, **size)
             print(json.dumps(report.brief(results[name])), flush=True)
             print(f"   ({time.monotonic() - began:.0f} s)", flush=True)
     finally:
@@ -68,7 +71,7 @@ async def run(only: list[str], quick: bool) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes: the whole run in under 3 minutes")
-    parser.add_argument("--only", default="w1,w1http,w2,w3", help="comma-separated workloads")
+    parser.add_argument("--only", default="w1,w1http,w2,w3,w5", help="comma-separated workloads")
     parser.add_argument("--out", default=None, help="write the results as JSON here too")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument("--set", action="append", default=[], help="override a size: w1.count=50000")

@@ -116,11 +116,34 @@ def _fanout(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _replies(r: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Each session posts “{r['prompt']}” (at most {r['max_tokens']} tokens, temperature 0) with its WebSocket "
+        "open, all at once; then the model server is asked the same directly, as many at once. One llama.cpp "
+        "server (SmolLM2-135M, 2 threads) answers one request at a time: the later replies wait.",
+        "",
+        "| sessions at once | first delta p50 / max | whole reply p50 / max | tokens/s | worker CPU per token "
+        "| model server alone: first token p50 / max, tokens/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n, run in r["runs"].items():
+        soma, direct = run["soma"], run["direct"]
+        lines.append(
+            f"| {n} | {_ms(soma['first_delta_ms'], 'p50')} / {_ms(soma['first_delta_ms'], 'max')} ms "
+            f"| {_ms(soma['reply_ms'], 'p50')} / {_ms(soma['reply_ms'], 'max')} ms | {soma['tokens_per_s']} "
+            f"| {soma['worker_cpu_ms_per_token'] * 1000:.0f} µs "
+            f"| {_ms(direct['first_delta_ms'], 'p50')} / {_ms(direct['first_delta_ms'], 'max')} ms, "
+            f"{direct['tokens_per_s']} |"
+        )
+    return lines
+
+
 SECTIONS = {
     "w1": ("W1 ingest: events produced straight to `conversation.inbound`", _ingest),
     "w1http": ("W1 ingest over HTTP: wrk POSTs to `/v1/session/message`", _http),
     "w2": ("W2 latency: POST → WebSocket delivery", _latency),
     "w3": ("W3 fan-out: one session, many WebSocket viewers", _fanout),
+    "w5": ("W5 replies: POST → first assistant.delta, and tokens/s", _replies),
 }
 
 
