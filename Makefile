@@ -68,10 +68,10 @@ typecheck: venv ## mypy --strict on the app code
 schema-drift: venv ## compare schemas with the released version
 	$(PY) -m tools.schema_drift
 
-# three test processes on two cores: most of the suite's time is spent waiting (outages held 20 s, rebalances,
-# clusters electing), not computing (332 tests: 6m25s with two, 4m46s with three);
-# a test file runs whole in one process (its module's worker is shared by its tests)
-TEST_PROCESSES ?= 3
+# four test processes on two cores: most of the suite's time is spent waiting (outages held 20 s, rebalances,
+# clusters electing, a model writing), not computing (332 tests: 6m25s with two, 4m46s with three; 399 tests:
+# 6m22s with three, 5m33s with four); a test file runs whole in one process (its module's worker is shared)
+TEST_PROCESSES ?= 4
 
 test: lint typecheck schema-drift tools migrate ## quality gates, then the whole suite against the real servers
 	$(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadfile

@@ -54,6 +54,8 @@ def build_tools(settings: Settings) -> int:
 
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# where `make run SLM=1` puts the model server (the Makefile's SOMA_SLM_URL)
+DEFAULT_SLM_URL = "http://127.0.0.1:8081"
 # what `faust -A app stack` offers (run N stays make run's: it runs workers in the foreground)
 VERBS = ("status", "up", "down", "tools")
 
@@ -78,6 +80,11 @@ def main(argv: list[str]) -> int:
             )
         return 0
     if verb == "down":
+        if not any(isinstance(component, SlmServer) for component in stack):
+            # a model server `make run SLM=1` started is stopped too, whatever SOMA_SLM_URL says now
+            slm = SlmServer.from_url(DEFAULT_SLM_URL, settings.stack_dir / "slm", settings.cache_dir)
+            if slm.ours() is not None:
+                stack.append(slm)
         for component in reversed(stack):
             print(f"{component.name:9} {'stopped' if component.stop() else 'not started by the stack'}")
         return 0

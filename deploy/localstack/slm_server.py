@@ -50,7 +50,10 @@ class SlmServer(Component):
         return True
 
     def install(self) -> None:
-        LLAMA_SERVER.require(self.cache_dir)
+        # asked for explicitly (make run SLM=1): built here if `make tools` has not yet (minutes, once)
+        if not LLAMA_SERVER.path(self.cache_dir).exists() or not LLAMA_SERVER.model_path(self.cache_dir).exists():
+            print("slm: building llama.cpp's server and unpacking its model, once per machine (5-11 min)", flush=True)
+            LLAMA_SERVER.build(self.cache_dir)
 
     def launch(self) -> None:
         self.spawn(
