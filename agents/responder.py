@@ -19,8 +19,12 @@ skipped; one whose reply was started and not finished was interrupted mid-reply:
 ``system.notice`` (``metadata.notice = reply_restarted``, ``metadata.stream_id`` = the abandoned stream: a client
 drops that stream's deltas) and replies again under a new ``stream_id`` (the attempt's number is its suffix).
 
-A model server that cannot be reached, or answers 5xx, before the reply's first token is retried with backoff,
-holding the request (replies wait in Kafka meanwhile); the model is never called twice for one attempt's tokens.
+A model server that cannot be reached before the reply's first token is retried with backoff, holding the
+request (replies wait in Kafka meanwhile); one that answers 5xx is asked three times, then the reply fails.
+
+With ``SOMA_SLM_TOOLS``, the model may call tools: each call is published as a ``tool.request`` (run by the tool
+executor, agents/tool_requests.py, like any other), its stored ``tool.result`` is given back to the model, which
+is asked again; at most ``SOMA_SLM_TOOL_ROUNDS`` rounds, then it answers without tools.
 """
 
 from __future__ import annotations
@@ -42,9 +46,10 @@ from faust.types import StreamT
 
 from agents.boundary import decode, retry_transient
 from agents.context import AgentContext, agent_context
-from app import app, events, stops
-from app.repository import BatchResult, Incoming, stored_ids
-from app.topics import CONVERSATION_OUTBOUND, REPLY_REQUESTS
+from agents.tool_requests import result_id
+from app import app, events, retry, stops
+from app.repository import BatchResult, Incoming, stored_event, stored_ids
+from app.topics import CONVERSATION_OUTBOUND, REPLY_REQUESTS, TOOL_REQUESTS
 from tables.reply_runs import mark, run_of
 
 if TYPE_CHECKING:
@@ -63,6 +68,30 @@ READ_TIMEOUT_SECONDS = 60.0
 HISTORY_EVENTS = 200
 # a client's stop (app/stops.py) is looked for this often while the model writes
 STOP_CHECK_SECONDS = 0.1
+# a model server answering 5xx is asked this many times before the reply fails
+SERVER_ERROR_ATTEMPTS = 3
+# a tool request's result is looked for in PostgreSQL this often (its tool has its own timeout)
+TOOL_RESULT_POLL_SECONDS = 0.2
+# what the model is told of each tool it may call (agents/tools/)
+TOOL_SPECS: dict[str, dict[str, Any]] = {
+    "echo": {
+        "description": "Repeat the given text back.",
+        "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+    },
+    "timestamp": {
+        "description": "The current date and time (UTC).",
+        "parameters": {"type": "object", "properties": {}},
+    },
+    "http_fetch": {
+        "description": "Fetch a web page (allowed hosts only) and return its status and text.",
+        "parameters": {"type": "object", "properties": {"url": {"type": "string"}}, "required": ["url"]},
+    },
+}
+
+
+def tool_spec(name: str) -> dict[str, Any]:
+    spec = TOOL_SPECS.get(name, {"description": f"The {name} tool.", "parameters": {"type": "object"}})
+    return {"name": name, **spec}
 
 
 class ModelUnavailable(ConnectionError):
@@ -71,6 +100,11 @@ class ModelUnavailable(ConnectionError):
 
 class ModelFailed(Exception):
     """The model server refused the request (4xx) or broke off mid-reply."""
+
+
+class ModelError(ModelFailed):
+    """The model server answered 5xx: tried again a few times (``SERVER_ERROR_ATTEMPTS``), then the reply fails
+    (llama.cpp's server answers 500 to a request it finds invalid, which no retry mends)."""
 
 
 def _id(kind: str, *parts: object) -> str:
@@ -247,7 +281,7 @@ class Reply:
             self.sending = None
             self.parts.append(text)
 
-    async def generate(self, messages: list[dict[str, str]]) -> tuple[str, str | None]:
+    async def generate(self, messages: list[dict[str, Any]]) -> tuple[str, str | None]:
         """Stream the model's answer out as deltas until it ends, a client stops it, or its time is up;
         (status, error)."""
         settings = self.settings
@@ -267,29 +301,127 @@ class Reply:
         await self.flush()  # what was read before the end
         return status
 
-    async def _read(self, messages: list[dict[str, str]]) -> tuple[str, str | None]:
+    async def _read(self, messages: list[dict[str, Any]]) -> tuple[str, str | None]:
+        """The model's answer, round after round: a round that ends in tool calls runs them through the tool
+        executor (``tool.requests``), gives their results to the model and asks again, at most
+        ``SOMA_SLM_TOOL_ROUNDS`` times; then the model answers without tools."""
         settings = self.settings
-        loop = asyncio.get_running_loop()
+        conversation = list(messages)
         try:
-            chunks = await retry_transient("call the model server", lambda: _open_stream(self.ctx, messages))
-            flushed = loop.time()
-            finish: str | None = None
-            async with contextlib.aclosing(chunks):
-                async for content, reason in chunks:
-                    if content:
-                        self.pending += content
-                        self.tokens += 1
-                    if reason:
-                        finish = reason
-                    if loop.time() - flushed >= settings.coalesce_seconds:
-                        await self.flush()
-                        flushed = loop.time()
-            if finish is None:  # the stream ended without saying why: the server cut it short
-                return "failed", "the model server ended the answer without a finish reason"
-            return ("length" if finish == "length" else "complete"), None
+            for round_ in range(settings.tool_rounds + 1):
+                forcing = settings.tool_choice not in ("auto", "none")
+                # a forced tool is called once, in the first round; "auto" lets the model call tools each round
+                offer = bool(settings.tools) and round_ < settings.tool_rounds and settings.tool_choice != "none"
+                offer = offer and (round_ == 0 or not forcing)
+                choice: Any = None
+                if offer:
+                    choice = {"type": "function", "function": {"name": settings.tool_choice}} if forcing else "auto"
+                finish, calls = await self._round(conversation, settings.tools if offer else (), choice)
+                if not calls:
+                    if finish is None:  # the stream ended without saying why: the server cut it short
+                        return "failed", "the model server ended the answer without a finish reason"
+                    return ("length" if finish == "length" else "complete"), None
+                conversation += await self._run_tools(round_, calls)
+            return "failed", "tool rounds exhausted"  # not reached: the last round offers no tools
         except (ModelFailed, aiohttp.ClientError, ValueError) as exc:
             log.warning("the model server failed mid-reply to %s: %r", self.request_id, exc)
             return "failed", str(exc) or type(exc).__name__
+
+    async def _round(
+        self, messages: list[dict[str, Any]], tools: tuple[str, ...], choice: Any
+    ) -> tuple[str | None, list[dict[str, str]]]:
+        """One call of the model: its text published as deltas; (finish reason, the tool calls it asked for)."""
+        loop = asyncio.get_running_loop()
+        delays = retry.INFRASTRUCTURE.delays()
+        for attempt in range(1, SERVER_ERROR_ATTEMPTS + 1):
+            try:
+                chunks = await retry_transient(
+                    "call the model server", lambda: _open_stream(self.ctx, messages, tools, choice)
+                )
+                break
+            except ModelError as exc:
+                if attempt == SERVER_ERROR_ATTEMPTS:
+                    raise
+                log.warning("the model server failed (attempt %d of %d): %s", attempt, SERVER_ERROR_ATTEMPTS, exc)
+                await asyncio.sleep(next(delays))
+        flushed = loop.time()
+        finish: str | None = None
+        calls: dict[int, dict[str, str]] = {}
+        async with contextlib.aclosing(chunks):
+            async for content, reason, tool_calls in chunks:
+                if content:
+                    self.pending += content
+                    self.tokens += 1
+                for call in tool_calls:
+                    found = calls.setdefault(int(call.get("index", 0)), {"id": "", "name": "", "arguments": ""})
+                    function = call.get("function") or {}
+                    found["id"] = call.get("id") or found["id"]
+                    found["name"] = function.get("name") or found["name"]
+                    found["arguments"] += function.get("arguments") or ""
+                if reason:
+                    finish = reason
+                if loop.time() - flushed >= self.settings.coalesce_seconds:
+                    await self.flush()
+                    flushed = loop.time()
+        await self.flush()
+        return finish, [calls[i] for i in sorted(calls)]
+
+    async def _run_tools(self, round_: int, calls: list[dict[str, str]]) -> list[dict[str, Any]]:
+        """Run each call through the tool executor and wait for its stored result; the messages that give the
+        model its calls and their results (a denied, failed or malformed call reaches it as such)."""
+        results: list[dict[str, Any]] = []
+        for n, call in enumerate(calls):
+            try:
+                args = json.loads(call["arguments"] or "{}")
+                if not isinstance(args, dict):
+                    raise ValueError("the arguments are not a JSON object")
+            except ValueError as exc:
+                results.append({"status": "error", "error": f"arguments not understood: {exc}"})
+                continue
+            request_id = _id("tool", self.stream_id, round_, n)
+            request: dict[str, Any] = {
+                "event_id": request_id,
+                "session_id": self.session_id,
+                "persona_id": self.persona_id,
+                "type": "tool.request",
+                "role": "assistant",
+                "tool_name": call["name"],
+                "args": args,
+                "metadata": {"reply_to": self.request_id, "stream_id": self.stream_id},
+                "version": events.EVENT_VERSION,
+                "occurred_at": events.now_iso(),
+            }
+            await retry_transient(
+                "publish tool request", functools.partial(self.ctx.send, TOOL_REQUESTS, request, "tool_request")
+            )
+            result = await self._tool_result(request_id)
+            results.append({"status": result.get("status"), "result": result.get("payload")})
+        said = "\n".join(
+            f"The function {call['name']} returned: {json.dumps(result)}"
+            for call, result in zip(calls, results, strict=True)
+        )
+        return [
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                    for c in calls
+                ],
+            },
+            # as a user message: llama.cpp's chatml function-calling template does not show "tool" messages
+            {"role": "user", "content": f"{said}\nNow answer my previous message using this."},
+        ]
+
+    async def _tool_result(self, request_id: str) -> dict[str, Any]:
+        """The stored result of tool request ``request_id``, once the executor has answered it."""
+        pool = await self.ctx.resources.postgres()
+        wanted = result_id(request_id)
+        while True:
+            found = await retry_transient("read tool result", lambda: stored_event(pool, wanted))
+            if found is not None:
+                return found
+            await asyncio.sleep(TOOL_RESULT_POLL_SECONDS)
 
     async def _watch_stop(self, began: float) -> None:
         """Return once a client has asked the session's reply to stop (app/stops.py)."""
@@ -325,8 +457,8 @@ class Reply:
 
 
 async def _open_stream(
-    ctx: AgentContext, messages: list[dict[str, str]]
-) -> AsyncGenerator[tuple[str | None, str | None], None]:
+    ctx: AgentContext, messages: list[dict[str, Any]], tools: tuple[str, ...] = (), choice: Any = None
+) -> AsyncGenerator[tuple[str | None, str | None, list[dict[str, Any]]], None]:
     """Start the model's streamed answer; its (content, finish reason) chunks. ModelUnavailable (transient)
     while nothing has been read; a 4xx is ModelFailed."""
     settings = ctx.responder
@@ -337,6 +469,9 @@ async def _open_stream(
         "max_tokens": settings.max_tokens,
         "temperature": settings.temperature,
     }
+    if tools:
+        body["tools"] = [{"type": "function", "function": tool_spec(name)} for name in tools]
+        body["tool_choice"] = choice
     timeout = aiohttp.ClientTimeout(total=None, connect=5.0, sock_read=READ_TIMEOUT_SECONDS)
     try:
         response = await ctx.resources.http().post(f"{settings.url}/v1/chat/completions", json=body, timeout=timeout)
@@ -345,7 +480,7 @@ async def _open_stream(
     if response.status >= 500:
         text = (await response.text())[:500]
         response.release()
-        raise ModelUnavailable(f"the model server answered {response.status}: {text}")
+        raise ModelError(f"the model server answered {response.status}: {text}")
     if response.status != 200:
         text = (await response.text())[:500]
         response.release()
@@ -353,8 +488,10 @@ async def _open_stream(
     return _chunks(response)
 
 
-async def _chunks(response: aiohttp.ClientResponse) -> AsyncGenerator[tuple[str | None, str | None], None]:
-    """The server-sent events of a streamed chat completion, as (content, finish reason)."""
+async def _chunks(
+    response: aiohttp.ClientResponse,
+) -> AsyncGenerator[tuple[str | None, str | None, list[dict[str, Any]]], None]:
+    """The server-sent events of a streamed chat completion, as (content, finish reason, tool call parts)."""
     try:
         async for raw in response.content:
             line = raw.strip()
@@ -368,7 +505,7 @@ async def _chunks(response: aiohttp.ClientResponse) -> AsyncGenerator[tuple[str 
                 raise ModelFailed(f"the model server reported an error: {chunk['error']}")
             for choice in chunk.get("choices", ()):
                 delta = choice.get("delta") or {}
-                yield delta.get("content"), choice.get("finish_reason")
+                yield delta.get("content"), choice.get("finish_reason"), delta.get("tool_calls") or []
     finally:
         response.release()
 

@@ -75,6 +75,9 @@ class ResponderSettings:
     timeout_seconds: float  # a whole reply
     system_prompt: str
     personas: dict[str, str]  # persona id -> system prompt
+    tools: tuple[str, ...] = ()  # offered to the model
+    tool_choice: str = "auto"  # "auto", "none" or a tool's name (forced in the first round)
+    tool_rounds: int = 2  # rounds of tool calls at most; then the model answers without tools
 
     def prompt(self, persona_id: str | None) -> str:
         return self.personas.get(persona_id or "", self.system_prompt)
@@ -257,6 +260,11 @@ class Settings:
     slm_timeout_seconds: float = 120.0
     slm_system_prompt: str = "You are SomaAgent, a helpful assistant. Answer briefly and plainly."
     slm_personas: str = ""
+    # tools the model may call (comma-separated names of agents/tools; empty: none), how it chooses ("auto",
+    # "none", or a tool's name: that tool is called first), and how many rounds of calls a reply may make
+    slm_tools: str = ""
+    slm_tool_choice: str = "auto"
+    slm_tool_rounds: int = 2
     # a reply's "started" mark (tables/reply_runs.py) is kept this long
     reply_run_ttl_seconds: int = 86_400
     # the local stack (deploy/stack.py): where its data, logs and downloaded jars live
@@ -339,6 +347,11 @@ class Settings:
             raise SettingsError(f"SOMA_SLM_URL must be an http(s):// URL, not {self.slm_url!r}")
         if self.slm_concurrency < 1:
             raise SettingsError("SOMA_SLM_CONCURRENCY must be >= 1")
+        offered = self.responder().tools
+        if self.slm_tool_choice not in ("auto", "none", *offered):
+            raise SettingsError("SOMA_SLM_TOOL_CHOICE must be auto, none or one of SOMA_SLM_TOOLS")
+        if self.slm_tool_rounds < 0:
+            raise SettingsError("SOMA_SLM_TOOL_ROUNDS must be >= 0")
         self.http_fetch_port_set()
         if self.stream_recovery_max < 1 or self.stream_queue_max < 1 or self.ws_max_message_bytes < 1024:
             raise SettingsError(
@@ -447,6 +460,9 @@ class Settings:
             timeout_seconds=self.slm_timeout_seconds,
             system_prompt=self.slm_system_prompt,
             personas=self.persona_prompts(),
+            tools=tuple(name.strip() for name in self.slm_tools.split(",") if name.strip()),
+            tool_choice=self.slm_tool_choice,
+            tool_rounds=self.slm_tool_rounds,
         )
 
     def persona_prompts(self) -> dict[str, str]:

@@ -77,5 +77,8 @@ class SlmServer(Component):
                 # requests wait their turn instead (SOMA_SLM_CONCURRENCY replies may be asked at once)
                 "--interrupt_requests",
                 "False",
+                # chatml (SmolLM2's format) that also takes tools and tool_choice (the responder's tool rounds)
+                "--chat_format",
+                "chatml-function-calling",
             ]
         )
