@@ -198,8 +198,13 @@ async def _reply(ctx: AgentContext, event: EventT[bytes], request: dict[str, Any
     started = {"attempt": reply.attempt, "stream_id": reply.stream_id, "finished": False}
     await retry_transient("mark the reply started", lambda: mark(request_id, event, started))
     messages = await retry_transient("read history", lambda: history(pool, ctx.responder, request))
-    status, error = await reply.generate(messages)
+    ctx.metrics.replies_running += 1
+    try:
+        status, error = await reply.generate(messages)
+    finally:
+        ctx.metrics.replies_running -= 1
     await reply.finish(status, error)
+    ctx.metrics.replied(status, reply.tokens)
     finished = {**started, "finished": True}
     await retry_transient("mark the reply finished", lambda: mark(request_id, event, finished))
 

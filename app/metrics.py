@@ -94,6 +94,13 @@ class Metrics:
         self.auth_refused = counter("soma_auth_refused_total", "requests refused for their credentials")
         self.opa = counter("soma_opa_decisions_total", "policy decisions asked of OPA, by result (allowed, denied)")
         self.connections = gauge("soma_http_connections", "HTTP connections, by state (open, refused, evicted)")
+        # the responder (agents/responder.py): tallied per reply, copied at scrape
+        self._replies: Tally[str] = Tally()
+        self._reply_tokens = 0
+        self.replies_running = 0
+        self.replies = counter("soma_replies_total", "replies finished by this worker, by status of their final")
+        self.reply_tokens = counter("soma_reply_tokens_total", "tokens the model wrote into replies on this worker")
+        self.replies_open = gauge("soma_replies_in_progress", "replies being written by this worker right now")
 
     def request(self, method: str, route: str, status: int, seconds: float | None) -> None:
         if not self.enabled:
@@ -118,6 +125,11 @@ class Metrics:
         if self.enabled:
             self.failed.inc({"agent": agent, "outcome": "dead_lettered"})
             self.dead_letters.inc({"topic": topic, "error_class": error_class})
+
+    def replied(self, status: str, tokens: int) -> None:
+        """A reply's final was published (once per reply: a few per second at most, so always counted)."""
+        self._replies[status] += 1
+        self._reply_tokens += tokens
 
     def collect(self, app: SomaApp) -> None:
         """Copy the counts kept elsewhere into their series and read the gauges: at scrape time."""
@@ -147,6 +159,10 @@ class Metrics:
         for state in ("open", "refused", "evicted"):
             if state in counts:
                 self.connections.set({"state": state}, counts[state])
+        for outcome, count in self._replies.items():
+            self.replies.set({"status": outcome}, count)
+        self.reply_tokens.set({}, self._reply_tokens)
+        self.replies_open.set({}, self.replies_running)
         self._consumer(app)
 
     def _consumer(self, app: SomaApp) -> None:

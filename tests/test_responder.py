@@ -115,6 +115,14 @@ async def test_a_message_is_answered_with_deltas_then_one_final_on_websocket_and
     )
     assert [r["payload"] for r in rows] == on_ws
     assert final["role"] == "assistant" and final["metadata"]["model"] == "smollm2"
+    # counted on /metrics: the reply by the status of its final, its tokens
+    async with aiohttp.ClientSession() as http, http.get(f"{worker.url}/metrics") as response:
+        text = await response.text()
+    status_line = f'soma_replies_total{{status="{final["metadata"]["status"]}"}}'
+    replied = [line for line in text.splitlines() if line.startswith(status_line)]
+    assert replied and float(replied[0].split()[-1]) >= 1, text[-2000:]
+    tokens = [line for line in text.splitlines() if line.startswith("soma_reply_tokens_total")]
+    assert tokens and float(tokens[0].split()[-1]) >= int(final["metadata"]["tokens"])
 
 
 async def test_the_model_is_given_the_persona_and_the_session_so_far_within_its_budget(
