@@ -35,10 +35,12 @@ migrate: stack-up ## apply the database migrations
 	$(PY) -m tools.migrate
 
 # SLM=1: the responder on, with llama.cpp's server and a small model on this machine (built by `make tools`,
-# ~11 min once): every message gets a streamed reply
+# ~11 min once): every message gets a streamed reply; and voice messages, with faster-whisper-server and
+# Whisper tiny.en (installed by `make tools`, a minute once)
 SLM ?= 0
 ifeq ($(SLM),1)
 export SOMA_SLM_URL ?= http://127.0.0.1:8081
+export SOMA_STT_URL ?= http://127.0.0.1:8082
 endif
 
 # AUTH=1: authentication on, with a development issuer (POST /dev/token, the console's "Get a dev token")
@@ -49,7 +51,7 @@ DEV_SECRET := .stack/dev-jwt-secret
 # log under .stack/workers/ (one worker logs to the terminal); `make stack-status` lists them
 REPLICAS ?= 1
 
-run: migrate ## run the worker and its web server on SOMA_WEB_PORT (6066); AUTH=1 authentication, REPLICAS=N workers, SLM=1 replies
+run: migrate ## run the worker and its web server on SOMA_WEB_PORT (6066); AUTH=1 authentication, REPLICAS=N workers, SLM=1 replies and voice
 	@if [ "$(AUTH)" = "1" ]; then \
 	  mkdir -p .stack && test -s $(DEV_SECRET) || $(PY) -c 'import secrets; print(secrets.token_urlsafe(48))' > $(DEV_SECRET); \
 	  export SOMA_AUTH_REQUIRED=1 SOMA_DEV_TOKENS=1 SOMA_JWT_SECRET="$$(cat $(DEV_SECRET))"; \

@@ -38,11 +38,14 @@ CODES: dict[str, ErrorCode] = {
     "body_timeout": ErrorCode(408, "the body did not arrive within SOMA_HTTP_BODY_TIMEOUT_SECONDS"),
     "idempotency_in_progress": ErrorCode(409, "a request with this Idempotency-Key is still being handled"),
     "replies_off": ErrorCode(409, "the service does not reply to messages (SOMA_SLM_URL unset): nothing to stop"),
-    "payload_too_large": ErrorCode(413, "the body exceeds SOMA_MAX_BODY_BYTES"),
-    "unsupported_media_type": ErrorCode(415, "the body is not application/json"),
+    "voice_off": ErrorCode(409, "the service takes no voice messages (SOMA_STT_URL unset)"),
+    "payload_too_large": ErrorCode(413, "the body exceeds SOMA_MAX_BODY_BYTES (audio: SOMA_VOICE_MAX_BYTES)"),
+    "unsupported_media_type": ErrorCode(415, "the body is not application/json (audio: not audio/*)"),
     "validation_failed": ErrorCode(422, "the body does not match its JSON Schema"),
     "unstorable_text": ErrorCode(422, "text PostgreSQL cannot store (a NUL character)"),
     "idempotency_key_reused": ErrorCode(422, "this Idempotency-Key was used with another request"),
+    "audio_unreadable": ErrorCode(422, "the audio is empty, not WAV/Ogg/FLAC/MP3/WebM/MP4, or cannot be decoded"),
+    "no_speech": ErrorCode(422, "the audio was transcribed to nothing: no speech in it"),
     "upgrade_required": ErrorCode(426, "a WebSocket endpoint asked without an Upgrade"),
     "rate_limited": ErrorCode(429, "past SOMA_RATE_LIMIT_*; retry after Retry-After (RateLimit headers)"),
     "too_many_streams": ErrorCode(429, "the tenant or address holds SOMA_STREAMS_PER_* streams on this worker"),
@@ -57,6 +60,7 @@ CODES: dict[str, ErrorCode] = {
     "auth_unavailable": ErrorCode(503, "stream tickets (Redis) cannot be checked; retry"),
     "feed_unavailable": ErrorCode(503, "a stream could not subscribe to the session feed (Redis); retry"),
     "stop_unavailable": ErrorCode(503, "a reply's stop could not be recorded (Redis); retry"),
+    "transcription_unavailable": ErrorCode(503, "the speech server did not transcribe in time or is away; retry"),
 }
 
 

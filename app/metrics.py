@@ -101,6 +101,16 @@ class Metrics:
         self.replies = counter("soma_replies_total", "replies finished by this worker, by status of their final")
         self.reply_tokens = counter("soma_reply_tokens_total", "tokens the model wrote into replies on this worker")
         self.replies_open = gauge("soma_replies_in_progress", "replies being written by this worker right now")
+        # voice messages (views/voice.py): tallied per message, copied at scrape
+        self._voice: Tally[str] = Tally()
+        self._voice_seconds = 0.0
+        self.voice = counter(
+            "soma_voice_messages_total",
+            "voice messages by outcome: posted, or why not (no_speech, audio_unreadable, unavailable)",
+        )
+        self.voice_seconds = counter(
+            "soma_transcription_seconds_total", "time the speech server took to transcribe, summed"
+        )
 
     def request(self, method: str, route: str, status: int, seconds: float | None) -> None:
         if not self.enabled:
@@ -130,6 +140,11 @@ class Metrics:
         """A reply's final was published (once per reply: a few per second at most, so always counted)."""
         self._replies[status] += 1
         self._reply_tokens += tokens
+
+    def voiced(self, outcome: str, seconds: float) -> None:
+        """A voice message was transcribed (or was not: ``outcome`` says why)."""
+        self._voice[outcome] += 1
+        self._voice_seconds += seconds
 
     def collect(self, app: SomaApp) -> None:
         """Copy the counts kept elsewhere into their series and read the gauges: at scrape time."""
@@ -163,6 +178,9 @@ class Metrics:
             self.replies.set({"status": outcome}, count)
         self.reply_tokens.set({}, self._reply_tokens)
         self.replies_open.set({}, self.replies_running)
+        for outcome, count in self._voice.items():
+            self.voice.set({"outcome": outcome}, count)
+        self.voice_seconds.set({}, self._voice_seconds)
         self._consumer(app)
 
     def _consumer(self, app: SomaApp) -> None:

@@ -267,6 +267,15 @@ class Settings:
     slm_tool_rounds: int = 2
     # a reply's "started" mark (tables/reply_runs.py) is kept this long
     reply_run_ttl_seconds: int = 86_400
+    # voice messages (views/voice.py): off when the URL is empty; else POST /v1/session/{id}/voice takes audio of
+    # at most voice_max_bytes, has it transcribed by an OpenAI-compatible speech server
+    # (POST <url>/v1/audio/transcriptions, model stt_model) within stt_timeout_seconds, at most stt_concurrency
+    # at once per worker, and posts the transcript as a user.message with metadata.source = "voice"
+    stt_url: str = ""
+    stt_model: str = "whisper-1"
+    stt_timeout_seconds: float = 60.0
+    stt_concurrency: int = 2
+    voice_max_bytes: int = 10_485_760
     # the local stack (deploy/stack.py): where its data, logs and downloaded jars live
     stack_dir: Path = ROOT / ".stack"
     cache_dir: Path = Path.home() / ".cache" / "somaagent01"
@@ -352,6 +361,12 @@ class Settings:
             raise SettingsError("SOMA_SLM_TOOL_CHOICE must be auto, none or one of SOMA_SLM_TOOLS")
         if self.slm_tool_rounds < 0:
             raise SettingsError("SOMA_SLM_TOOL_ROUNDS must be >= 0")
+        if self.stt_url and not self.stt_url.startswith(("http://", "https://")):
+            raise SettingsError(f"SOMA_STT_URL must be an http(s):// URL, not {self.stt_url!r}")
+        if self.stt_concurrency < 1 or self.stt_timeout_seconds <= 0 or self.voice_max_bytes < 1024:
+            raise SettingsError(
+                "SOMA_STT_CONCURRENCY must be >= 1, SOMA_STT_TIMEOUT_SECONDS > 0 and SOMA_VOICE_MAX_BYTES >= 1024"
+            )
         self.http_fetch_port_set()
         if self.stream_recovery_max < 1 or self.stream_queue_max < 1 or self.ws_max_message_bytes < 1024:
             raise SettingsError(

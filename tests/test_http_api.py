@@ -269,3 +269,14 @@ async def test_stopping_a_reply_where_nothing_replies_is_409_replies_off(worker:
     async with aiohttp.ClientSession() as http, http.post(f"{worker.url}/v1/session/quiet-1/stop") as response:
         assert response.status == 409
         assert (await response.json())["error"]["code"] == "replies_off"
+
+
+async def test_a_voice_message_where_nothing_transcribes_is_409_voice_off(worker: Worker) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{worker.url}/v1/session/quiet-1/voice", data=b"RIFF....WAVE", headers={"Content-Type": "audio/wav"}
+        ) as response,
+    ):
+        assert response.status == 409
+        assert (await response.json())["error"]["code"] == "voice_off"

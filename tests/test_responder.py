@@ -23,10 +23,12 @@ from playwright.async_api import Browser, Locator, Page, expect
 
 from agents.responder import history
 from deploy.localstack.slm_server import SlmServer
-from tests.support.client import SseReader, post_message
+from deploy.localstack.stt_server import SttServer
+from tests.support.client import SseReader, get_json, post_message
 from tests.support.db import query, wait_rows
 from tests.support.isolation import Isolated
-from tests.support.private import private_slm
+from tests.support.private import private_slm, private_stt
+from tests.support.speech import SPOKEN, heard_hello_backbone, speak
 from tests.support.worker import Worker, running
 
 # replies of the module's worker: short enough for a loaded machine (a few tokens/s beside the suite and two
@@ -47,12 +49,32 @@ def slm(iso_module: Isolated) -> Iterator[SlmServer]:
 
 
 def responder_env(iso: Isolated, slm: SlmServer, **extra: str) -> dict[str, str]:
-    return iso.env(SOMA_SLM_URL=slm.url, SOMA_SLM_TEMPERATURE="0", **extra)
+    """A worker answering with the module's model server; its replies' own deadline (SOMA_SLM_TIMEOUT_SECONDS)
+    beyond the tests' waits, so that a slow machine fails a wait (with the log) rather than ends a reply early."""
+    settings = {"SOMA_SLM_URL": slm.url, "SOMA_SLM_TEMPERATURE": "0", "SOMA_SLM_TIMEOUT_SECONDS": "900", **extra}
+    return iso.env(**settings)
+
+
+async def wait_finals(worker: Worker, dsn: str, session: str, count: int, timeout: float) -> list[dict[str, Any]]:
+    """The session's stored finals once there are ``count``; else fail with its events and the worker's log."""
+    finals = "SELECT payload FROM session_events WHERE session_id = %s AND type = 'assistant.final' ORDER BY seq"
+    try:
+        return [r["payload"] for r in await wait_rows(dsn, finals, (session,), count, timeout=timeout)]
+    except AssertionError as exc:
+        seen = query(dsn, "SELECT payload->>'type' AS type FROM session_events WHERE session_id = %s", (session,))
+        kinds = [r["type"] for r in seen]
+        raise AssertionError(f"{exc}\nstored: {kinds}\nworker log:\n{worker.log(60)}") from None
 
 
 @pytest.fixture(scope="module")
-async def worker(iso_module: Isolated, slm: SlmServer, artifacts: Path) -> AsyncIterator[Worker]:
-    env = responder_env(iso_module, slm, SOMA_SLM_MAX_TOKENS=str(MAX_TOKENS), SOMA_SLM_TIMEOUT_SECONDS="600")
+def stt(iso_module: Isolated) -> Iterator[SttServer]:
+    with private_stt(iso_module.settings) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def worker(iso_module: Isolated, slm: SlmServer, stt: SttServer, artifacts: Path) -> AsyncIterator[Worker]:
+    env = responder_env(iso_module, slm, SOMA_SLM_MAX_TOKENS=str(MAX_TOKENS), SOMA_STT_URL=stt.url)
     async with running(env, artifacts / "logs" / f"responder-{iso_module.tag}.log") as worker:
         yield worker
 
@@ -132,13 +154,12 @@ async def test_the_model_is_given_the_persona_and_the_session_so_far_within_its_
     messages and finals of the session up to the message answered, the oldest dropped beyond the budget."""
     session = f"reply-history-{uuid.uuid4().hex[:8]}"
     dsn = iso_module.settings.postgres_dsn
-    finals = "SELECT payload FROM session_events WHERE session_id = %s AND type = 'assistant.final' ORDER BY seq"
     status, first = await post_message(worker.url, {"session_id": session, "message": "My name is Zorblax."})
     assert status == 202, first
-    (reply,) = [r["payload"] for r in await wait_rows(dsn, finals, (session,), 1, timeout=REPLY_WITHIN)]
+    (reply,) = await wait_finals(worker, dsn, session, 1, timeout=REPLY_WITHIN)
     status, second = await post_message(worker.url, {"session_id": session, "message": "What is my name?"})
     assert status == 202, second
-    await wait_rows(dsn, finals, (session,), 2, timeout=REPLY_WITHIN)
+    await wait_finals(worker, dsn, session, 2, timeout=REPLY_WITHIN)
     base = dataclasses.replace(iso_module.settings, slm_personas=json.dumps({"pirate": "Talk like a pirate."}))
     request = {"session_id": session, "request_id": second["event_id"], "persona_id": "pirate"}
     pool = await aiopg.create_pool(dsn, minsize=0, maxsize=1)
@@ -161,6 +182,36 @@ async def test_the_model_is_given_the_persona_and_the_session_so_far_within_its_
         {"role": "user", "content": "What is my name?"},
     ]
     assert unknown[0] == {"role": "system", "content": base.slm_system_prompt}
+
+
+async def test_a_voice_message_is_transcribed_and_answered(
+    worker: Worker, iso_module: Isolated, tmp_path: Path
+) -> None:
+    """espeak-ng says "hello backbone"; the real speech server writes it, the real model answers it."""
+    audio = await asyncio.to_thread(speak, SPOKEN, tmp_path / "hello.wav", iso_module.settings.cache_dir)
+    session = f"reply-voice-{uuid.uuid4().hex[:8]}"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{worker.url}/v1/session/{session}/voice", data=audio, headers={"Content-Type": "audio/wav"}
+        ) as response,
+    ):
+        assert response.status == 202, await response.text()
+        answer = await response.json()
+    assert heard_hello_backbone(answer["transcript"]), answer
+    dsn = iso_module.settings.postgres_dsn
+    await wait_finals(worker, dsn, session, 1, timeout=REPLY_WITHIN)
+    stored = [
+        r["payload"]
+        for r in query(dsn, "SELECT payload FROM session_events WHERE session_id = %s ORDER BY seq", (session,))
+    ]
+    assert stored[0]["event_id"] == answer["event_id"] and stored[0]["metadata"]["source"] == "voice"
+    assert stored[0]["message"] == answer["transcript"]
+    check_reply(stored, answer["event_id"])
+    # /health reports both servers the worker uses
+    status, health = await get_json(worker.url, "/health")
+    assert status == 200 and health["status"] == "ok", health
+    assert health["components"]["slm"]["models"] == ["smollm2"] and health["components"]["stt"]["status"] == "ok"
 
 
 LONG = "Write the numbers from 1 to 500 separated by commas."  # as many tokens as it may, at temperature 0
@@ -208,7 +259,7 @@ async def test_a_client_stops_a_reply_by_post_or_on_its_websocket_and_the_final_
                     seen.append(json.loads((await ws.receive(timeout=60)).data))
         assert {"type": "ack", "ref": "s"}.items() <= next(e for e in seen if e.get("ref") == "s").items()
     for session in (by_post, by_ws):
-        (final,) = [r["payload"] for r in await wait_rows(dsn, finals, (session,), 1, timeout=REPLY_WITHIN)]
+        (final,) = await wait_finals(worker, dsn, session, 1, timeout=REPLY_WITHIN)
         events = [
             r["payload"]
             for r in query(dsn, "SELECT payload FROM session_events WHERE session_id = %s ORDER BY seq", (session,))
@@ -222,7 +273,7 @@ async def test_a_client_stops_a_reply_by_post_or_on_its_websocket_and_the_final_
 async def test_a_worker_killed_mid_reply_leaves_exactly_one_final_after_a_restart_notice(
     iso: Isolated, slm: SlmServer, artifacts: Path
 ) -> None:
-    env = responder_env(iso, slm, SOMA_SLM_MAX_TOKENS="200", SOMA_KAFKA_SESSION_TIMEOUT_SECONDS="6")
+    env = responder_env(iso, slm, SOMA_SLM_MAX_TOKENS="120", SOMA_KAFKA_SESSION_TIMEOUT_SECONDS="6")
     dsn = iso.settings.postgres_dsn
     session = f"reply-kill-{uuid.uuid4().hex[:8]}"
     events = "SELECT payload FROM session_events WHERE session_id = %s ORDER BY seq"
@@ -243,9 +294,8 @@ async def test_a_worker_killed_mid_reply_leaves_exactly_one_final_after_a_restar
     finally:
         await first.killed()
         os.kill(pid, signal.SIGCONT)
-    async with running(env, artifacts / "logs" / f"responder-kill-b-{iso.tag}.log"):
-        finals = "SELECT 1 FROM session_events WHERE session_id = %s AND type = 'assistant.final'"
-        await wait_rows(dsn, finals, (session,), 1, timeout=REPLY_WITHIN + 60)
+    async with running(env, artifacts / "logs" / f"responder-kill-b-{iso.tag}.log") as second:
+        await wait_finals(second, dsn, session, 1, timeout=REPLY_WITHIN + 60)
     stored = [r["payload"] for r in query(dsn, events, (session,))]
     finals_stored = [e for e in stored if e["type"] == "assistant.final"]
     assert len(finals_stored) == 1
@@ -275,8 +325,7 @@ async def test_a_tool_call_round_trips_through_the_executor_and_the_model_answer
             worker.url, {"session_id": session, "message": "Please echo the word pineapple."}
         )
         assert status == 202, answer
-        finals = "SELECT 1 FROM session_events WHERE session_id = %s AND type = 'assistant.final'"
-        await wait_rows(dsn, finals, (session,), 1, timeout=REPLY_WITHIN)
+        await wait_finals(worker, dsn, session, 1, timeout=REPLY_WITHIN)
     stored = [
         r["payload"]
         for r in query(dsn, "SELECT payload FROM session_events WHERE session_id = %s ORDER BY seq", (session,))
@@ -295,6 +344,68 @@ async def test_a_tool_call_round_trips_through_the_executor_and_the_model_answer
     assert final["metadata"]["status"] in {"complete", "length"}
 
 
+async def frames_until(ws: aiohttp.ClientWebSocketResponse, done: Any, within: float) -> list[dict[str, Any]]:
+    """Frames of ``ws`` up to and including the first for which ``done(frame)`` holds."""
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + within
+    while not seen or not done(seen[-1]):
+        seen.append(json.loads((await ws.receive(timeout=max(0.1, deadline - time.monotonic()))).data))
+    return seen
+
+
+async def test_a_late_joiner_gets_the_reply_so_far_in_one_frame_and_after_the_final_the_final_alone(
+    worker: Worker, slm: SlmServer, iso_module: Isolated
+) -> None:
+    """History replays a reply folded: its deltas so far as one frame (``folded``: the seqs it stands for),
+    then the live deltas; once the final is stored, the final alone. Resume inside a reply stays exact."""
+    dsn = iso_module.settings.postgres_dsn
+    session = f"reply-late-{uuid.uuid4().hex[:8]}"
+    status, posted = await post_message(worker.url, {"session_id": session, "message": LONG})
+    assert status == 202, posted
+    deltas = "SELECT 1 FROM session_events WHERE session_id = %s AND type = 'assistant.delta'"
+    await wait_rows(dsn, deltas, (session,), 3, timeout=REPLY_WITHIN)
+    ws_url = f"{worker.url.replace('http', 'ws')}/v1/session/{session}/stream"
+    recovered = lambda frame: frame.get("type") == "recovered"  # noqa: E731
+    final = lambda frame: frame.get("type") == "assistant.final"  # noqa: E731
+    async with aiohttp.ClientSession() as http:
+        async with model_paused(slm):
+            ws = await http.ws_connect(ws_url)
+            history = [f for f in await frames_until(ws, recovered, 60) if "seq" in f]
+        try:
+            live = [f for f in await frames_until(ws, final, REPLY_WITHIN) if "seq" in f]
+        finally:
+            await ws.close()
+        # the message, then the reply so far in one frame standing for every delta stored when it joined
+        assert [f["type"] for f in history] == ["user.message", "assistant.delta"], history
+        so_far = history[1]
+        assert so_far["folded"] == [2, so_far["seq"]]
+        stored = [
+            r["payload"]
+            for r in query(dsn, "SELECT payload FROM session_events WHERE session_id = %s ORDER BY seq", (session,))
+        ]
+        folded = [e for e in stored if 2 <= e["seq"] <= so_far["seq"]]
+        assert {e["type"] for e in folded} == {"assistant.delta"} and len(folded) >= 3
+        assert so_far["message"] == "".join(e["message"] for e in folded)
+        assert so_far["index"] == folded[-1]["index"] and so_far["stream_id"] == folded[-1]["stream_id"]
+        # then every later event live, each seq once, and the final: the folded text and the live deltas joined
+        assert [f["seq"] for f in live] == list(range(so_far["seq"] + 1, so_far["seq"] + 1 + len(live)))
+        assert "folded" not in live[-1]
+        live_deltas = [f["message"] for f in live if f["type"] == "assistant.delta"]
+        assert live[-1]["message"] == so_far["message"] + "".join(live_deltas)
+        assert live == [e for e in stored if e["seq"] > so_far["seq"]]
+        # after the final: the final alone stands for the reply; resumed inside it, for the deltas not yet seen
+        last = live[-1]["seq"]
+        for after, expected in ((0, ["user.message", "assistant.final"]), (3, ["assistant.final"])):
+            async with http.ws_connect(f"{ws_url}?after={after}") as late:
+                replay = [f for f in await frames_until(late, recovered, 60) if "seq" in f]
+            assert [f["type"] for f in replay] == expected, replay
+            assert replay[-1]["folded"] == [max(2, after + 1), last - 1]
+            assert replay[-1]["message"] == live[-1]["message"]
+    # exact history is still there to read, delta by delta (GET .../events pages are never folded)
+    status, page = await get_json(worker.url, f"/v1/session/{session}/events?after=0&limit=1000")
+    assert status == 200 and [e["seq"] for e in page["events"]] == list(range(1, last + 1)), page
+
+
 def reply_rows(page: Page) -> Locator:
     return page.locator("#events li.reply")
 
@@ -310,9 +421,13 @@ async def test_the_console_streams_a_reply_shows_it_to_a_late_joiner_and_stops_o
     session = await page.get_by_label("Session", exact=True).input_value()
     await expect(page.get_by_role("status")).to_contain_text("recovered: yes", timeout=30_000)
 
-    # a reply streams into one row, its text growing, then the final's text
-    await page.get_by_label("Message", exact=True).fill(LONG)
-    await page.get_by_label("Message", exact=True).press("Enter")
+    # the model paused: the reply waits (in Kafka, then at the model server), the console says "thinking…"
+    async with model_paused(slm):
+        await page.get_by_label("Message", exact=True).fill(LONG)
+        await page.get_by_label("Message", exact=True).press("Enter")
+        await expect(page.locator("#events li.thinking")).to_have_text("thinking…", timeout=30_000)
+        await expect(page.locator("#events li.reply")).to_have_count(0)
+    # then the reply streams into one row (in the thinking row's place), its text growing, then the final's text
     streaming = page.locator("#events li.reply.streaming")
     await expect(streaming).to_have_count(1, timeout=REPLY_WITHIN * 1000)
     await expect(page.get_by_role("button", name="Stop reply")).to_be_visible()
@@ -329,6 +444,8 @@ async def test_the_console_streams_a_reply_shows_it_to_a_late_joiner_and_stops_o
         await expect(late.locator("#events li.reply.streaming")).to_have_count(1, timeout=30_000)
         shown = await streaming.locator(".text").text_content()
         await expect(late.locator("#events li.reply .text")).to_have_text(shown or "", timeout=30_000)
+        # the reply so far came folded into one frame: its deltas' seqs are not shown as missing
+        await expect(late.locator("#events li.gap")).to_have_count(0)
         # stopped from the first viewer while the model is paused: the reply ends without another token
         await page.get_by_role("button", name="Stop reply").click()
         finals = "SELECT payload FROM session_events WHERE session_id = %s AND type = 'assistant.final'"
@@ -343,5 +460,5 @@ async def test_the_console_streams_a_reply_shows_it_to_a_late_joiner_and_stops_o
         await expect(row).to_have_attribute("data-status", "stopped")
         assert await row.locator(".text").text_content() == final["message"]
         await expect(viewer.get_by_role("button", name="Stop reply")).to_be_hidden()
-    # every delta went into the one row: no row per delta
+    # every delta went into the one row: no row per delta, and the thinking row is gone
     assert await page.locator("#events li").count() == 2  # the message and its reply

@@ -118,6 +118,10 @@ class ApiView(View):
         payload = None
         if request.method == "POST" and request.body_exists:  # a POST without a body (a stop) has no payload
             payload = await read_json(request, app.settings.http_body_timeout_seconds)
+        await self.decide(app, request, caller, payload)
+
+    async def decide(self, app: SomaApp, request: Any, caller: Principal, payload: Any) -> None:
+        """The policy's decision on ``request`` with ``payload``; PolicyDenied unless it allows."""
         claims = caller.policy_claims()
         document = policy.request_input(request.method, request.path, request.headers, payload, claims)
         decision = await app.policy.decide(app.settings.opa_decision_path, document)

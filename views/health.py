@@ -1,5 +1,6 @@
 """``GET /health``: Kafka, Redis and Postgres checked for real; 200 only when every one answers. With the
-responder on, its model server is checked and reported too (``impaired`` when down, still 200).
+responder on, its model server is checked and reported too (``impaired`` when down, still 200); with voice
+messages on, the speech server likewise.
 ``GET /health/live``: 200 while the worker's event loop serves requests, whatever its dependencies do."""
 
 from __future__ import annotations
@@ -42,13 +43,27 @@ async def _slm() -> dict[str, Any]:
     return {"models": [model.get("id") for model in body.get("data", [])][:10]}
 
 
+async def _stt() -> dict[str, Any]:
+    # an OpenAI-compatible speech server has no standard health path: faster-whisper-server's /health, and any
+    # answer below 500 from another server, mean it is there
+    url = app.settings.stt_url.rstrip("/")
+    async with app.resources.http().get(f"{url}/health") as response:
+        if response.status >= 500:
+            raise ConnectionError(f"GET /health answered {response.status}")
+    return {}
+
+
 CHECKS: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
     "kafka": _kafka,
     "redis": _redis,
     "postgres": _postgres,
 }
 # reported when configured, but a worker without them still takes and stores messages: 200 all the same
-OPTIONAL: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {"slm": _slm} if app.settings.slm_url else {}
+OPTIONAL: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+    name: check
+    for name, check, url in (("slm", _slm, app.settings.slm_url), ("stt", _stt, app.settings.stt_url))
+    if url
+}
 
 
 async def _run(check: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:

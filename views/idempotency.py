@@ -32,7 +32,12 @@ def fingerprint(method: str, path: str, body: Any) -> str:
 
 
 async def once(
-    app: SomaApp, caller: Principal, key: str, print_: str, make: Callable[[], Awaitable[tuple[int, dict[str, Any]]]]
+    app: SomaApp,
+    caller: Principal,
+    key: str,
+    print_: str,
+    make: Callable[[], Awaitable[tuple[int, dict[str, Any]]]],
+    longest: float = 0.0,
 ) -> tuple[int, dict[str, Any]]:
     """The stored answer for the caller's ``key``, or ``make()``'s, stored for ``SOMA_IDEMPOTENCY_TTL_SECONDS``.
 
@@ -46,8 +51,8 @@ async def once(
     name = f"{app.settings.redis_prefix}idempotency:{scope}{key}"
     ttl = app.settings.idempotency_ttl_seconds
     # a worker that dies mid-request must not block the key for a day: the reservation outlives only the
-    # longest a request can take (two publish timeouts)
-    pending_ttl = max(1, int(2 * app.settings.kafka_publish_timeout_seconds) + 1)
+    # longest a request can take (two publish timeouts, and ``longest`` seconds of the request's own work)
+    pending_ttl = max(1, int(2 * app.settings.kafka_publish_timeout_seconds + longest) + 1)
     try:
         reserved = await client.set(name, json.dumps({"fingerprint": print_, "pending": True}), nx=True, ex=pending_ttl)
         if not reserved:

@@ -121,6 +121,16 @@ def _document() -> dict[str, Any]:
                     "additionalProperties": False,
                     "properties": {"session_id": {"type": "string"}, "event_id": {"type": "string", "format": "uuid"}},
                 },
+                "VoiceAccepted": {
+                    "type": "object",
+                    "required": ["session_id", "event_id", "transcript"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "session_id": {"type": "string"},
+                        "event_id": {"type": "string", "format": "uuid"},
+                        "transcript": {"type": "string", "minLength": 1},
+                    },
+                },
                 "Envelope": {
                     "type": "object",
                     "required": ["session_id", "last_seq", "metadata"],

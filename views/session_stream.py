@@ -1,5 +1,14 @@
 """One client's view of a session: stored events after its position, then live ones, each seq once, no gaps.
 
+Replies are folded in the history a stream replays (not in its live part, nor in ``GET .../events`` pages, which
+are exact): a run of consecutive ``assistant.delta`` events of one reply is sent as one delta with their text
+joined, at the seq of the last, and a run followed by the reply's final is left out, the final standing for it
+(its text is theirs, joined). Such a frame carries ``folded: [first seq, last seq]``, the consecutive seqs it
+stands for, so a client that joins mid-reply gets the reply so far in one frame, then the live deltas, and
+one that joins after the final gets the final alone. Resume stays exact: a folded frame is sent at (or after)
+the seq of every delta it stands for, and the events between two runs are sent where they are, so whatever
+lies at or before the last seq a client received, it has, in full, and a resume after it misses nothing.
+
 The recovery model is Centrifugo's: the stream subscribes to the session feed *before* it reads history,
 so an event committed after the read is on the feed; live events at or below the last sequence sent are
 dropped, and a live event beyond the next expected seq makes the stream fetch the missing ones from
@@ -30,6 +39,23 @@ if TYPE_CHECKING:
     from app.settings import StreamSettings
 
 PAGE = 500
+
+
+DELTA = "assistant.delta"
+
+
+def _same_reply(delta: dict[str, Any], event: dict[str, Any]) -> bool:
+    """``event`` is the next delta, or the final, of the reply stream of ``delta``."""
+    return event.get("stream_id") == delta["stream_id"] and event.get("type") in (DELTA, "assistant.final")
+
+
+def _joined(run: list[dict[str, Any]]) -> dict[str, Any]:
+    """One delta for a run of consecutive deltas of a reply: their text joined, at the seq (and index) of the
+    last, ``folded`` naming the seqs it stands for."""
+    if len(run) == 1:
+        return run[0]
+    text = "".join(str(delta.get("message", "")) for delta in run)
+    return {**run[-1], "message": text, "folded": [run[0]["seq"], run[-1]["seq"]]}
 
 
 class SlowReader(Exception):
@@ -133,14 +159,32 @@ class SessionStream:
             self.last_sent = head
             return
         replayed = 0
+        run: list[dict[str, Any]] = []  # consecutive deltas of one reply, held back to be sent as one frame
         while self.last_sent < head:
             page = await self._read(self.last_sent, PAGE, head + 1)
             if not page:
                 break
             for event in page:
-                replayed += 1
                 self.last_sent = event["seq"]
+                if run and _same_reply(run[-1], event):
+                    if event["type"] == DELTA:
+                        run.append(event)
+                        continue
+                    # the reply's final: its text is the deltas', which it stands for
+                    event = {**event, "folded": [run[0]["seq"], run[-1]["seq"]]}
+                    run = []
+                if run:
+                    replayed += 1
+                    yield FeedItem.of(_joined(run))
+                    run = []
+                if event.get("type") == DELTA and event.get("stream_id"):
+                    run = [event]
+                    continue
+                replayed += 1
                 yield FeedItem.of(event)
+        if run:  # a reply still being written: what it has written so far, in one frame
+            replayed += 1
+            yield FeedItem.of(_joined(run))
         self.recovery = Recovery(after, self.last_sent >= head, head, replayed)
 
     async def live(self) -> AsyncIterator[FeedItem]:

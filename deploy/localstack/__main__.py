@@ -17,6 +17,7 @@ from deploy.localstack.opa_server import OpaServer
 from deploy.localstack.postgres_server import PostgresServer
 from deploy.localstack.redis_server import RedisServer
 from deploy.localstack.slm_server import SlmServer
+from deploy.localstack.stt_server import SttServer
 
 
 def components(settings: Settings) -> list[Component]:
@@ -33,6 +34,9 @@ def components(settings: Settings) -> list[Component]:
     # the responder's model server likewise (make run SLM=1)
     if settings.slm_url and urlsplit(settings.slm_url).hostname in LOOPBACK:
         found.append(SlmServer.from_url(settings.slm_url, home / "slm", settings.cache_dir))
+    # and the speech server of voice messages (make run SLM=1 too)
+    if settings.stt_url and urlsplit(settings.stt_url).hostname in LOOPBACK:
+        found.append(SttServer.from_url(settings.stt_url, home / "stt", settings.cache_dir))
     return found
 
 
@@ -54,8 +58,9 @@ def build_tools(settings: Settings) -> int:
 
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-# where `make run SLM=1` puts the model server (the Makefile's SOMA_SLM_URL)
+# where `make run SLM=1` puts the model server and the speech server (the Makefile's SOMA_SLM_URL, SOMA_STT_URL)
 DEFAULT_SLM_URL = "http://127.0.0.1:8081"
+DEFAULT_STT_URL = "http://127.0.0.1:8082"
 # what `faust -A app stack` offers (run N stays make run's: it runs workers in the foreground)
 VERBS = ("status", "up", "down", "tools")
 
@@ -80,11 +85,14 @@ def main(argv: list[str]) -> int:
             )
         return 0
     if verb == "down":
-        if not any(isinstance(component, SlmServer) for component in stack):
-            # a model server `make run SLM=1` started is stopped too, whatever SOMA_SLM_URL says now
-            slm = SlmServer.from_url(DEFAULT_SLM_URL, settings.stack_dir / "slm", settings.cache_dir)
-            if slm.ours() is not None:
-                stack.append(slm)
+        # the model and speech servers `make run SLM=1` started are stopped too, whatever SOMA_*_URL say now
+        defaults: list[Component] = [
+            SlmServer.from_url(DEFAULT_SLM_URL, settings.stack_dir / "slm", settings.cache_dir),
+            SttServer.from_url(DEFAULT_STT_URL, settings.stack_dir / "stt", settings.cache_dir),
+        ]
+        for default in defaults:
+            if not any(type(component) is type(default) for component in stack) and default.ours() is not None:
+                stack.append(default)
         for component in reversed(stack):
             print(f"{component.name:9} {'stopped' if component.stop() else 'not started by the stack'}")
         return 0

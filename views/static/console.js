@@ -142,7 +142,11 @@ function addEvent(event) {
     renderStatus();
     return;
   }
-  if (seq > state.lastSeq + 1) markGap(state.lastSeq + 1, seq - 1);
+  // a reply's deltas folded into this frame (the history the server replays): their seqs are not missing
+  const folded = Array.isArray(event.folded) ? event.folded : null;
+  const from = folded ? folded[0] : seq;
+  if (from > state.lastSeq + 1) markGap(state.lastSeq + 1, from - 1);
+  if (folded) for (let s = folded[0]; s <= folded[1]; s += 1) state.seen.add(s);
   state.seen.add(seq);
   state.lastSeq = Math.max(state.lastSeq, seq);
   if ((event.type === "assistant.delta" || event.type === "assistant.final") && event.stream_id) {
