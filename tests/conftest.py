@@ -39,6 +39,7 @@ LONGEST_FIRST = (
     "test_schema_drift.py",
     "test_responder.py",
     "test_traces.py",
+    "test_voice.py",
 )
 
 

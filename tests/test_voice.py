@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import struct
 import uuid
 import wave
@@ -19,14 +20,16 @@ from typing import Any
 
 import aiohttp
 import pytest
+from playwright.async_api import async_playwright, expect
 
 from deploy.localstack.base import free_port
 from deploy.localstack.stt_server import SttServer
+from tests.conftest import CHROMIUM_ARGS
 from tests.support.client import get_json
 from tests.support.db import query
 from tests.support.isolation import Isolated
 from tests.support.private import private_stt
-from tests.support.speech import SPOKEN, heard_hello_backbone, speak
+from tests.support.speech import SPOKEN, heard_hello_backbone, lead_in, speak
 from tests.support.worker import Worker, running
 
 MAX_BYTES = 400_000
@@ -199,3 +202,45 @@ async def test_a_speech_server_that_is_away_is_503_and_health_says_impaired(
                 break
             await asyncio.sleep(0.5)
         assert (status, health["status"], health["components"]["stt"]["status"]) == (200, "ok", "ok"), health
+
+
+async def test_the_console_records_a_voice_message_and_shows_its_transcript(
+    chromium: str, worker: Worker, iso_module: Isolated, tmp_path: Path
+) -> None:
+    """Chromium's microphone plays espeak-ng's WAV (its fake capture device); the console records it as WebM/Opus,
+    posts it, and shows the transcript as the session's message."""
+    spoken = tmp_path / "microphone.wav"
+    await asyncio.to_thread(speak, SPOKEN, spoken, iso_module.settings.cache_dir)
+    # the device plays the file from when the page opens it; the recording starts a moment later
+    await asyncio.to_thread(lead_in, spoken, 1.0)
+    microphone = [
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={spoken}%noloop",
+    ]
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=[*CHROMIUM_ARGS, *microphone])
+        try:
+            page = await browser.new_page()
+            await page.goto(worker.url + "/")
+            await page.get_by_role("button", name="New session", exact=True).click()
+            session = await page.get_by_label("Session", exact=True).input_value()
+            await expect(page.get_by_role("status")).to_contain_text("recovered: yes", timeout=30_000)
+            await page.get_by_role("button", name="Record voice", exact=True).click()
+            # a second of silence, then the words (about 2.3 s): recorded until the page has heard 4 s of it
+            notice = page.locator("#notice")
+            await expect(notice).to_contain_text(re.compile(r"Recording… ([4-9]|\d\d)"), timeout=60_000)
+            await page.get_by_role("button", name="Stop and send", exact=True).click()
+            await expect(notice).to_contain_text("Heard:", timeout=120_000)
+            heard = await notice.text_content()
+            assert heard is not None and heard_hello_backbone(heard), heard
+            row = page.locator("#events li").filter(has_text=re.compile("backbone", re.IGNORECASE))
+            await expect(row).to_have_count(1, timeout=60_000)
+            await expect(page.get_by_role("button", name="Record voice", exact=True)).to_be_visible()
+        finally:
+            await browser.close()
+    stored = query(
+        iso_module.settings.postgres_dsn, "SELECT payload FROM session_events WHERE session_id = %s", (session,)
+    )
+    (event,) = [r["payload"] for r in stored]
+    assert event["metadata"]["source"] == "voice" and event["metadata"]["audio_format"] == "webm"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import wave
 from pathlib import Path
 
 from deploy.localstack.go_tools import ESPEAK
@@ -20,6 +21,17 @@ def speak(text: str, path: Path, cache_dir: Path) -> bytes:
     espeak = ESPEAK.require(cache_dir)
     subprocess.run([str(espeak), *VOICE, "-w", str(path), text], check=True, capture_output=True, timeout=60)
     return path.read_bytes()
+
+
+def lead_in(path: Path, seconds: float) -> None:
+    """Put ``seconds`` of silence before the WAV file's sound (a microphone opened a moment before recording)."""
+    with wave.open(str(path), "rb") as source:
+        params = source.getparams()
+        frames = source.readframes(source.getnframes())
+    silence = bytes(int(params.framerate * seconds) * params.sampwidth * params.nchannels)
+    with wave.open(str(path), "wb") as out:
+        out.setparams(params)
+        out.writeframes(silence + frames)
 
 
 def words(text: str) -> list[str]:

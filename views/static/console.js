@@ -23,6 +23,7 @@ const ui = {
   message: $("message"),
   send: $("send"),
   stop: $("stop"),
+  record: $("record"),
   notice: $("notice"),
 };
 
@@ -40,6 +41,7 @@ const state = {
   token: sessionStorage.getItem("soma.token") || "", // a bearer token, when the service requires one
   attempt: 0, // connect() calls; an older one's ticket arrives too late to be used
   replies: false, // the service answers messages (its /health lists the model server)
+  recorder: null, // a voice message being recorded (its /health lists the speech server)
 };
 
 // crypto.randomUUID exists only in secure contexts; a page opened over plain http from another host is not one
@@ -356,7 +358,7 @@ function openSession(id) {
   state.duplicates = 0;
   ui.events.replaceChildren();
   ui.sessionId.value = id;
-  for (const control of [ui.disconnect, ui.reconnect, ui.message, ui.send]) control.disabled = false;
+  for (const control of [ui.disconnect, ui.reconnect, ui.message, ui.send, ui.record]) control.disabled = false;
   remember();
   notice("");
   connect();
@@ -375,6 +377,61 @@ async function post(text) {
     else notice(`${body.error?.code ?? resp.status}: ${body.error?.message ?? resp.statusText}`, true);
   } catch (err) {
     notice(`Not sent: ${err.message}`, true);
+  }
+}
+
+// voice messages: recorded with the microphone, posted as audio; the service transcribes and posts the text
+async function toggleRecording() {
+  if (state.recorder) {
+    state.recorder.stop(); // its "stop" handler sends what was recorded
+    return;
+  }
+  let stream;
+  try {
+    // the speech server wants the voice as spoken: no noise suppression or gain control of the browser's
+    stream = await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+    });
+  } catch (err) {
+    notice(`No microphone: ${err.message}`, true);
+    return;
+  }
+  const recorder = new MediaRecorder(stream);
+  const chunks = [];
+  const began = Date.now();
+  const clock = setInterval(() => {
+    notice(`Recording… ${((Date.now() - began) / 1000).toFixed(1)} s (press Stop and send)`);
+  }, 250);
+  recorder.addEventListener("dataavailable", (e) => { if (e.data.size) chunks.push(e.data); });
+  recorder.addEventListener("stop", () => {
+    clearInterval(clock);
+    for (const track of stream.getTracks()) track.stop();
+    state.recorder = null;
+    ui.record.textContent = "Record voice";
+    ui.record.setAttribute("aria-pressed", "false");
+    sendVoice(new Blob(chunks, { type: recorder.mimeType || "audio/webm" }));
+  });
+  recorder.start();
+  state.recorder = recorder;
+  ui.record.textContent = "Stop and send";
+  ui.record.setAttribute("aria-pressed", "true");
+  notice("Recording…");
+}
+
+async function sendVoice(audio) {
+  if (!state.session) return;
+  notice("Transcribing…");
+  try {
+    const resp = await fetch(`/v1/session/${encodeURIComponent(state.session)}/voice`, {
+      method: "POST",
+      headers: { ...authHeaders(), "Content-Type": audio.type || "audio/webm" },
+      body: audio,
+    });
+    const body = await resp.json();
+    if (resp.ok) notice(`Heard: “${body.transcript}”`);
+    else notice(`${body.error?.code ?? resp.status}: ${body.error?.message ?? resp.statusText}`, true);
+  } catch (err) {
+    notice(`Voice message not sent: ${err.message}`, true);
   }
 }
 
@@ -416,8 +473,13 @@ ui.token.value = state.token;
 ui.stop.addEventListener("click", stopReply);
 fetch("/health")
   .then((resp) => resp.json())
-  .then((body) => { state.replies = Boolean(body.components?.slm); })
+  .then((body) => {
+    state.replies = Boolean(body.components?.slm);
+    // voice messages need the speech server and a microphone (a secure context: https, or this machine)
+    ui.record.hidden = !(body.components?.stt && navigator.mediaDevices && window.MediaRecorder);
+  })
   .catch(() => {});
+ui.record.addEventListener("click", toggleRecording);
 
 ui.sessionForm.addEventListener("submit", (e) => {
   e.preventDefault();
