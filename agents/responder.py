@@ -20,7 +20,9 @@ skipped; one whose reply was started and not finished was interrupted mid-reply:
 drops that stream's deltas) and replies again under a new ``stream_id`` (the attempt's number is its suffix).
 
 A model server that cannot be reached before the reply's first token is retried with backoff, holding the
-request (replies wait in Kafka meanwhile); one that answers 5xx is asked three times, then the reply fails.
+request (replies wait in Kafka meanwhile); one that answers 5xx is asked three times, then the reply fails; one
+that breaks a reply off mid-way (:class:`ModelBrokeOff`) is asked again, on a new stream after a
+``reply_restarted`` notice, up to three attempts.
 
 With ``SOMA_SLM_TOOLS``, the model may call tools: each call is published as a ``tool.request`` (run by the tool
 executor, agents/tool_requests.py, like any other), its stored ``tool.result`` is given back to the model, which
@@ -70,6 +72,8 @@ HISTORY_EVENTS = 200
 STOP_CHECK_SECONDS = 0.1
 # a model server answering 5xx is asked this many times before the reply fails
 SERVER_ERROR_ATTEMPTS = 3
+# a reply the model server breaks off mid-way is attempted this many times (each a new stream) before it fails
+BROKEN_ATTEMPTS = 3
 # a tool request's result is looked for in PostgreSQL this often (its tool has its own timeout)
 TOOL_RESULT_POLL_SECONDS = 0.2
 # what the model is told of each tool it may call (agents/tools/)
@@ -100,6 +104,12 @@ class ModelUnavailable(ConnectionError):
 
 class ModelFailed(Exception):
     """The model server refused the request (4xx) or broke off mid-reply."""
+
+
+class ModelBrokeOff(ModelFailed):
+    """The model server broke off mid-reply: the connection failed, the stream ended without a finish reason, or
+    it sent nothing but keep-alives for ``READ_TIMEOUT_SECONDS``. The reply is attempted again (a new stream,
+    after a ``reply_restarted`` notice), ``BROKEN_ATTEMPTS`` times at most."""
 
 
 class ModelError(ModelFailed):
@@ -198,11 +208,21 @@ async def _reply(ctx: AgentContext, event: EventT[bytes], request: dict[str, Any
     started = {"attempt": reply.attempt, "stream_id": reply.stream_id, "finished": False}
     await retry_transient("mark the reply started", lambda: mark(request_id, event, started))
     messages = await retry_transient("read history", lambda: history(pool, ctx.responder, request))
-    ctx.metrics.replies_running += 1
-    try:
-        status, error = await reply.generate(messages)
-    finally:
-        ctx.metrics.replies_running -= 1
+    for tries in range(1, BROKEN_ATTEMPTS + 1):
+        ctx.metrics.replies_running += 1
+        try:
+            status, error = await reply.generate(messages)
+        finally:
+            ctx.metrics.replies_running -= 1
+        if not reply.broke_off or tries == BROKEN_ATTEMPTS:
+            break
+        # the model server broke off: the same request again, on a new stream the clients are told of
+        log.warning("the model server broke off the reply to %s (%s); attempting it again", request_id, error)
+        abandoned = reply.stream_id
+        reply = Reply(ctx, request, attempt=reply.attempt + 1)
+        await reply.restarted(abandoned)
+        started = {"attempt": reply.attempt, "stream_id": reply.stream_id, "finished": False}
+        await retry_transient("mark the reply restarted", functools.partial(mark, request_id, event, started))
     await reply.finish(status, error)
     ctx.metrics.replied(status, reply.tokens)
     finished = {**started, "finished": True}
@@ -224,6 +244,7 @@ class Reply:
         self.pending = ""  # tokens not published yet
         self.tokens = 0
         self.sending: tuple[asyncio.Future[None], str] | None = None  # a delta being published, and its text
+        self.broke_off = False  # the model server broke the answer off (ModelBrokeOff): worth another attempt
 
     def _event(self, event_id: str, type_: str, role: str, message: str, **extra: Any) -> dict[str, Any]:
         return {
@@ -324,11 +345,15 @@ class Reply:
                 finish, calls = await self._round(conversation, settings.tools if offer else (), choice)
                 if not calls:
                     if finish is None:  # the stream ended without saying why: the server cut it short
-                        return "failed", "the model server ended the answer without a finish reason"
+                        raise ModelBrokeOff("the model server ended the answer without a finish reason")
                     return ("length" if finish == "length" else "complete"), None
                 conversation += await self._run_tools(round_, calls)
             return "failed", "tool rounds exhausted"  # not reached: the last round offers no tools
-        except (ModelFailed, aiohttp.ClientError, ValueError) as exc:
+        except (ModelBrokeOff, aiohttp.ClientError) as exc:
+            self.broke_off = True
+            log.warning("the model server broke off the reply to %s: %r", self.request_id, exc)
+            return "failed", str(exc) or type(exc).__name__
+        except (ModelFailed, ValueError) as exc:
             log.warning("the model server failed mid-reply to %s: %r", self.request_id, exc)
             return "failed", str(exc) or type(exc).__name__
 
@@ -496,12 +521,23 @@ async def _open_stream(
 async def _chunks(
     response: aiohttp.ClientResponse,
 ) -> AsyncGenerator[tuple[str | None, str | None, list[dict[str, Any]]], None]:
-    """The server-sent events of a streamed chat completion, as (content, finish reason, tool call parts)."""
+    """The server-sent events of a streamed chat completion, as (content, finish reason, tool call parts).
+
+    A server that keeps the stream open with keep-alives (sse-starlette pings every 15 s) and writes nothing
+    else for ``READ_TIMEOUT_SECONDS`` has broken the answer off: found with llama.cpp's server on a loaded
+    machine, whose stream went on pinging while its generation had ended.
+    """
+    loop = asyncio.get_running_loop()
+    heard = loop.time()
     try:
         async for raw in response.content:
             line = raw.strip()
             if not line.startswith(b"data:"):
+                if loop.time() - heard > READ_TIMEOUT_SECONDS:
+                    silent = f"{READ_TIMEOUT_SECONDS:g} s"
+                    raise ModelBrokeOff(f"the model server wrote nothing but keep-alives for {silent}")
                 continue
+            heard = loop.time()
             data = line[5:].strip()
             if data == b"[DONE]":
                 return

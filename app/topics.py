@@ -35,31 +35,23 @@ class Topics:
     def __init__(self, app: SomaApp) -> None:
         settings = app.settings
         self._by_name: dict[str, TopicT] = {}
-        for name in SESSION_TOPICS:
-            for real, dead_letters in ((name, False), (dead_letter(name), True)):
-                self._by_name[real] = app.topic(
-                    settings.topic(real),
-                    partitions=settings.topic_partitions,
-                    replicas=settings.topic_replication,
-                    config=settings.topic_config(dead_letters),
-                    key_type=bytes,
-                    value_type=bytes,
-                    key_serializer="raw",
-                    value_serializer="raw",
-                    internal=True,
-                )
-
-        self._by_name[REPLY_REQUESTS] = app.topic(
-            settings.topic(REPLY_REQUESTS),
-            partitions=settings.topic_partitions,
-            replicas=settings.topic_replication,
-            config=settings.topic_config(False),
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            internal=True,
-        )
+        # each session topic and its dead letters, and the responder's queue (which has none)
+        declared = [
+            (topic, dead) for name in SESSION_TOPICS for topic, dead in ((name, False), (dead_letter(name), True))
+        ]
+        declared.append((REPLY_REQUESTS, False))
+        for real, dead_letters in declared:
+            self._by_name[real] = app.topic(
+                settings.topic(real),
+                partitions=settings.topic_partitions,
+                replicas=settings.topic_replication,
+                config=settings.topic_config(dead_letters),
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+                internal=True,
+            )
 
     def __getitem__(self, name: str) -> TopicT:
         return self._by_name[name]

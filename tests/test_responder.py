@@ -22,6 +22,7 @@ import pytest
 from playwright.async_api import Browser, Locator, Page, expect
 
 from agents.responder import history
+from deploy.localstack.base import pid_alive, port_open
 from deploy.localstack.slm_server import SlmServer
 from deploy.localstack.stt_server import SttServer
 from tests.support.client import SseReader, get_json, post_message
@@ -342,6 +343,47 @@ async def test_a_tool_call_round_trips_through_the_executor_and_the_model_answer
     assert types.index("tool.result") < types.index("assistant.final")
     final = check_reply(stored, answer["event_id"])
     assert final["metadata"]["status"] in {"complete", "length"}
+
+
+async def test_a_model_server_killed_mid_reply_is_asked_again_on_a_new_stream(
+    worker: Worker, slm: SlmServer, iso_module: Isolated
+) -> None:
+    """The model server dies (SIGKILL) mid-reply and is started again: the reply is attempted again, on a new
+    stream after a ``reply_restarted`` notice, and ends with one complete final."""
+    dsn = iso_module.settings.postgres_dsn
+    session = f"reply-model-killed-{uuid.uuid4().hex[:8]}"
+    status, posted = await post_message(worker.url, {"session_id": session, "message": LONG})
+    assert status == 202, posted
+    deltas = "SELECT 1 FROM session_events WHERE session_id = %s AND type = 'assistant.delta'"
+    await wait_rows(dsn, deltas, (session,), 3, timeout=REPLY_WITHIN)
+    pid = await asyncio.to_thread(slm.ours)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+
+    def gone() -> bool:
+        return not pid_alive(pid) and not port_open(slm.host, slm.port)
+
+    while not await asyncio.to_thread(gone) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    # started again on its port (meanwhile the new attempt finds it unreachable and waits with backoff)
+    await asyncio.to_thread(slm.up)
+    (final,) = await wait_finals(worker, dsn, session, 1, timeout=REPLY_WITHIN)
+    stored = [
+        r["payload"]
+        for r in query(dsn, "SELECT payload FROM session_events WHERE session_id = %s ORDER BY seq", (session,))
+    ]
+    request_id = posted["event_id"]
+    (notice,) = [e for e in stored if e["type"] == "system.notice"]
+    assert notice["metadata"] == {
+        "notice": "reply_restarted",
+        "reply_to": request_id,
+        "stream_id": f"{request_id}.1",
+    }
+    abandoned = [e for e in stored if e.get("stream_id") == f"{request_id}.1"]
+    assert abandoned and max(e["seq"] for e in abandoned) < notice["seq"]
+    assert final["stream_id"] == f"{request_id}.2"
+    check_reply([e for e in stored if e.get("stream_id") != f"{request_id}.1"], request_id)
 
 
 async def frames_until(ws: aiohttp.ClientWebSocketResponse, done: Any, within: float) -> list[dict[str, Any]]:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Self
+from urllib.parse import urlsplit
 
 _apt_updated = False
 
@@ -224,3 +228,34 @@ class Component(ABC):
             text=True,
         )
         self.pid_path.write_text(started.stdout.strip() + "\n")
+
+
+class HttpServer(Component):
+    """A component spoken to over HTTP at ``http://host:port`` whose program is in the project's cache (OPA,
+    Jaeger, the model and speech servers); the settings name it by a base URL."""
+
+    default_port: ClassVar[int] = 80
+
+    def __init__(self, host: str, port: int, home: Path, cache_dir: Path) -> None:
+        super().__init__(host, port, home)
+        self.cache_dir = cache_dir
+
+    @classmethod
+    def from_url(cls, url: str, home: Path, cache_dir: Path) -> Self:
+        parts = urlsplit(url)
+        return cls(parts.hostname or "127.0.0.1", parts.port or cls.default_port, home, cache_dir)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def get_json(self, path: str, timeout: float = 5.0) -> Any:
+        """``GET path`` decoded; WrongService when the port answers, but not with JSON or with an HTTP error."""
+        try:
+            # an http:// URL made here from the host and port given
+            with urllib.request.urlopen(f"{self.url}{path}", timeout=timeout) as response:  # noqa: S310
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise WrongService(f"{self.name}: {self.host}:{self.port} answered {path} with {exc.code}") from exc
+        except ValueError as exc:
+            raise WrongService(f"{self.name}: {self.host}:{self.port} does not answer {path} as {self.name}") from exc

@@ -10,30 +10,22 @@ instances live side by side.
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from deploy.localstack.base import Component, WrongService, free_port
+from deploy.localstack.base import HttpServer, WrongService, free_port
 from deploy.localstack.go_tools import JAEGER
 
 
-class JaegerServer(Component):
+class JaegerServer(HttpServer):
     name = "jaeger"
     start_seconds = 60.0
 
     def __init__(
         self, host: str, port: int, home: Path, cache_dir: Path, otlp_port: int, max_traces: int = 100_000
     ) -> None:
-        super().__init__(host, port, home)
-        self.cache_dir = cache_dir
+        super().__init__(host, port, home, cache_dir)
         self.otlp_port = otlp_port
         self.max_traces = max_traces
-
-    @property
-    def url(self) -> str:
-        """The query API."""
-        return f"http://{self.host}:{self.port}"
 
     @property
     def otlp_endpoint(self) -> str:
@@ -45,14 +37,7 @@ class JaegerServer(Component):
         return self.home / "jaeger.yaml"
 
     def answers(self) -> bool:
-        try:
-            # an http:// URL made here from the host and port given
-            with urllib.request.urlopen(f"{self.url}/api/services", timeout=2) as response:  # noqa: S310
-                body = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            raise WrongService(f"jaeger: {self.host}:{self.port} answered /api/services with {exc.code}") from exc
-        except json.JSONDecodeError as exc:
-            raise WrongService(f"jaeger: {self.host}:{self.port} does not answer Jaeger's query API") from exc
+        body = self.get_json("/api/services", timeout=2)
         if not isinstance(body, dict) or "data" not in body:
             raise WrongService(f"jaeger: {self.host}:{self.port} does not answer Jaeger's query API")
         return True

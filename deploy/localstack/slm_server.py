@@ -5,46 +5,25 @@ tests. ``SOMA_SLM_URL`` names it; the stack starts it only when that URL is on t
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from deploy.localstack.base import Component, WrongService
+from deploy.localstack.base import HttpServer, WrongService
 from deploy.localstack.go_tools import LLAMA_SERVER
 
 # the model's name in the API (SOMA_SLM_MODEL)
 MODEL_ALIAS = "smollm2"
 
 
-class SlmServer(Component):
+class SlmServer(HttpServer):
     name = "slm"
     start_seconds = 120.0
 
     def __init__(self, host: str, port: int, home: Path, cache_dir: Path, threads: int = 2) -> None:
-        super().__init__(host, port, home)
-        self.cache_dir = cache_dir
+        super().__init__(host, port, home, cache_dir)
         self.threads = threads
 
-    @classmethod
-    def from_url(cls, url: str, home: Path, cache_dir: Path) -> SlmServer:
-        parts = urlsplit(url)
-        return cls(parts.hostname or "127.0.0.1", parts.port or 80, home, cache_dir)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
     def answers(self) -> bool:
-        try:
-            # an http:// URL made here from the host and port given
-            with urllib.request.urlopen(f"{self.url}/v1/models", timeout=5) as response:  # noqa: S310
-                body = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            raise WrongService(f"slm: {self.host}:{self.port} answered /v1/models with {exc.code}") from exc
-        except json.JSONDecodeError as exc:
-            raise WrongService(f"slm: {self.host}:{self.port} does not answer as an OpenAI-compatible server") from exc
+        body = self.get_json("/v1/models")
         if not isinstance(body, dict) or not isinstance(body.get("data"), list):
             raise WrongService(f"slm: {self.host}:{self.port} does not answer as an OpenAI-compatible server")
         return True

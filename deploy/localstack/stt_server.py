@@ -6,14 +6,10 @@ that URL is on this machine. It never reaches the network (``HF_HUB_OFFLINE=1``:
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from deploy.localstack.base import Component, StackError, WrongService
+from deploy.localstack.base import HttpServer, StackError, WrongService
 from deploy.localstack.go_tools import STT_SERVER
 
 
@@ -26,33 +22,12 @@ def model_dir(cache_dir: Path) -> Path:
     return found[0]
 
 
-class SttServer(Component):
+class SttServer(HttpServer):
     name = "stt"
     start_seconds = 60.0
 
-    def __init__(self, host: str, port: int, home: Path, cache_dir: Path) -> None:
-        super().__init__(host, port, home)
-        self.cache_dir = cache_dir
-
-    @classmethod
-    def from_url(cls, url: str, home: Path, cache_dir: Path) -> SttServer:
-        parts = urlsplit(url)
-        return cls(parts.hostname or "127.0.0.1", parts.port or 80, home, cache_dir)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
     def answers(self) -> bool:
-        try:
-            # an http:// URL made here from the host and port given
-            with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:  # noqa: S310
-                body = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            raise WrongService(f"stt: {self.host}:{self.port} answered /health with {exc.code}") from exc
-        except json.JSONDecodeError as exc:
-            raise WrongService(f"stt: {self.host}:{self.port} does not answer as a speech server") from exc
-        if body != {"status": "ok"}:
+        if self.get_json("/health") != {"status": "ok"}:
             raise WrongService(f"stt: {self.host}:{self.port} does not answer as faster-whisper-server")
         return True
 

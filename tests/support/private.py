@@ -3,6 +3,7 @@ restart or reconfigure them (the shared ones stay up)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import uuid
@@ -23,6 +24,9 @@ from deploy.localstack.slm_server import SlmServer
 from deploy.localstack.stt_server import SttServer
 
 C = TypeVar("C", bound=Component)
+# the logs of the model and speech servers, kept in artifacts/logs: they say what a reply or a transcript met
+LOGS = Path(__file__).resolve().parents[2] / "artifacts" / "logs"
+KEPT_LOGS = {"slm", "stt"}
 
 
 @contextmanager
@@ -36,6 +40,10 @@ def _running(settings: Settings, kind: str, make: Callable[[Path], C]) -> Iterat
         yield server
     finally:
         server.stop()
+        if kind in KEPT_LOGS:  # its log outlives it, beside the workers' (CI keeps artifacts/)
+            LOGS.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                shutil.copyfile(server.log_path, LOGS / f"{home.name}.log")
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -109,7 +117,10 @@ def private_jaeger(settings: Settings) -> Iterator[JaegerServer]:
 def private_slm(settings: Settings) -> Iterator[SlmServer]:
     """llama.cpp's server with the small model, of the test's own (built by ``make tools``)."""
     with _running(
-        settings, "slm", lambda home: SlmServer("127.0.0.1", free_port(), home, settings.cache_dir)
+        # one thread: ggml's threads spin while they wait for each other, which a busy suite pays for
+        settings,
+        "slm",
+        lambda home: SlmServer("127.0.0.1", free_port(), home, settings.cache_dir, threads=1),
     ) as server:
         yield server
 
