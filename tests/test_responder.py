@@ -34,7 +34,7 @@ from tests.support.worker import Worker, running
 
 # replies of the module's worker: short enough for a loaded machine (a few tokens/s beside the suite and two
 # busy loops), long enough to be stopped mid-way (the stop tests pause the model once two deltas are stored)
-MAX_TOKENS = 80
+MAX_TOKENS = 48
 # a small model writes ~30 tokens/s here: a reply of SOMA_SLM_MAX_TOKENS takes seconds, more beside a busy suite
 REPLY_WITHIN = 400.0
 
@@ -274,7 +274,7 @@ async def test_a_client_stops_a_reply_by_post_or_on_its_websocket_and_the_final_
 async def test_a_worker_killed_mid_reply_leaves_exactly_one_final_after_a_restart_notice(
     iso: Isolated, slm: SlmServer, artifacts: Path
 ) -> None:
-    env = responder_env(iso, slm, SOMA_SLM_MAX_TOKENS="120", SOMA_KAFKA_SESSION_TIMEOUT_SECONDS="6")
+    env = responder_env(iso, slm, SOMA_SLM_MAX_TOKENS="64", SOMA_KAFKA_SESSION_TIMEOUT_SECONDS="6")
     dsn = iso.settings.postgres_dsn
     session = f"reply-kill-{uuid.uuid4().hex[:8]}"
     events = "SELECT payload FROM session_events WHERE session_id = %s ORDER BY seq"
@@ -318,7 +318,7 @@ async def test_a_tool_call_round_trips_through_the_executor_and_the_model_answer
     iso: Isolated, slm: SlmServer, artifacts: Path
 ) -> None:
     """tool_choice forces the call (a 135M model seldom chooses one); the executor runs it like any request."""
-    env = responder_env(iso, slm, SOMA_SLM_TOOLS="echo", SOMA_SLM_TOOL_CHOICE="echo", SOMA_SLM_MAX_TOKENS="120")
+    env = responder_env(iso, slm, SOMA_SLM_TOOLS="echo", SOMA_SLM_TOOL_CHOICE="echo", SOMA_SLM_MAX_TOKENS="64")
     dsn = iso.settings.postgres_dsn
     session = f"reply-tool-{uuid.uuid4().hex[:8]}"
     async with running(env, artifacts / "logs" / f"responder-tool-{iso.tag}.log") as worker:

@@ -6,7 +6,11 @@ that URL is on this machine. It never reaches the network (``HF_HUB_OFFLINE=1``:
 
 from __future__ import annotations
 
+import io
 import os
+import urllib.request
+import uuid
+import wave
 from pathlib import Path
 
 from deploy.localstack.base import HttpServer, StackError, WrongService
@@ -30,6 +34,41 @@ class SttServer(HttpServer):
         if self.get_json("/health") != {"status": "ok"}:
             raise WrongService(f"stt: {self.host}:{self.port} does not answer as faster-whisper-server")
         return True
+
+    def wait(self) -> None:
+        """Ready once it has transcribed something: it loads its model on the first request (seconds, more on a
+        busy machine), which would otherwise be a client's."""
+        super().wait()
+        if self.ours() is not None:
+            self.warm()
+
+    def warm(self) -> None:
+        """Transcribe half a second of silence (real audio, made here) so that the model is loaded."""
+        audio = io.BytesIO()
+        with wave.open(audio, "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(16_000)
+            out.writeframes(bytes(16_000))
+        boundary = uuid.uuid4().hex
+        body = b"".join(
+            [
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="warm.wav"\r\n'.encode(),
+                b"Content-Type: audio/wav\r\n\r\n",
+                audio.getvalue(),
+                f"\r\n--{boundary}--\r\n".encode(),
+            ]
+        )
+        request = urllib.request.Request(  # noqa: S310 - an http:// URL made here from the host and port given
+            f"{self.url}/v1/audio/transcriptions",
+            data=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.start_seconds) as response:  # noqa: S310
+                response.read()
+        except OSError as exc:
+            raise StackError(f"stt: the speech server did not transcribe its warm-up audio: {exc}") from exc
 
     def install(self) -> None:
         # asked for explicitly (make run SLM=1): installed here if `make tools` has not yet (a minute, once)
