@@ -43,7 +43,6 @@ from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import redis.exceptions
 from faust.types import StreamT
 
 from agents.boundary import decode, retry_transient
@@ -74,6 +73,8 @@ STOP_CHECK_SECONDS = 0.1
 SERVER_ERROR_ATTEMPTS = 3
 # a reply the model server breaks off mid-way is attempted this many times (each a new stream) before it fails
 BROKEN_ATTEMPTS = 3
+# a reply's reader and stop watcher, cancelled when it ends, are waited for this long at most
+CANCEL_GRACE_SECONDS = 5.0
 # a tool request's result is looked for in PostgreSQL this often (its tool has its own timeout)
 TOOL_RESULT_POLL_SECONDS = 0.2
 # what the model is told of each tool it may call (agents/tools/)
@@ -323,7 +324,11 @@ class Reply:
         finally:
             for task in (watcher, reader):
                 task.cancel()  # the reader's model connection closes: the server stops generating
-            await asyncio.gather(watcher, reader, return_exceptions=True)
+            # bounded: a task that swallowed its cancellation must not hold the reply (and its partition) forever
+            tasks: set[asyncio.Future[Any]] = {watcher, reader}
+            _, stuck = await asyncio.wait(tasks, timeout=CANCEL_GRACE_SECONDS)
+            for left in stuck:
+                log.error("the reply to %s left a task that did not end when cancelled: %r", self.request_id, left)
         await self.flush()  # what was read before the end
         return status
 
@@ -455,19 +460,10 @@ class Reply:
 
     async def _watch_stop(self, began: float) -> None:
         """Return once a client has asked the session's reply to stop (app/stops.py)."""
-        while True:
-            if await self._stopped(began):
-                return
-            await asyncio.sleep(STOP_CHECK_SECONDS)
-
-    async def _stopped(self, began: float) -> bool:
-        try:
-            return await stops.stopped_since(
-                self.ctx.resources.redis, self.ctx.settings.redis_prefix, self.session_id, began
-            )
-        except (redis.exceptions.RedisError, OSError) as exc:  # Redis away: the reply goes on
-            log.info("could not read the stop of session %s (%r)", self.session_id, exc)
-            return False
+        settings = self.ctx.settings
+        await stops.wait_for_stop(
+            self.ctx.resources.redis, settings.redis_prefix, self.session_id, began, STOP_CHECK_SECONDS
+        )
 
     async def finish(self, status: str, error: str | None) -> None:
         metadata = {"reply_to": self.request_id, "status": status, "model": self.settings.model}
@@ -523,9 +519,9 @@ async def _chunks(
 ) -> AsyncGenerator[tuple[str | None, str | None, list[dict[str, Any]]], None]:
     """The server-sent events of a streamed chat completion, as (content, finish reason, tool call parts).
 
-    A server that keeps the stream open with keep-alives (sse-starlette pings every 15 s) and writes nothing
-    else for ``READ_TIMEOUT_SECONDS`` has broken the answer off: found with llama.cpp's server on a loaded
-    machine, whose stream went on pinging while its generation had ended.
+    A server that keeps the stream open with keep-alives (llama.cpp's, through sse-starlette, pings every 15 s,
+    so the socket's read timeout never fires) and writes nothing else for ``READ_TIMEOUT_SECONDS`` has broken
+    the answer off.
     """
     loop = asyncio.get_running_loop()
     heard = loop.time()

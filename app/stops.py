@@ -5,9 +5,14 @@ whichever worker, reads it while the model writes and ends a reply begun before 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
 
 # a stop is kept this long: a reply that began before it and is still running notices it long before
 STOP_TTL_SECONDS = 600
@@ -28,3 +33,23 @@ async def stopped_since(redis: aioredis.Redis, redis_prefix: str, session_id: st
     """Whether a stop was asked for the session after ``began`` (a reply's start)."""
     value = await redis.get(key(redis_prefix, session_id))
     return value is not None and float(value) >= began
+
+
+async def wait_for_stop(redis: aioredis.Redis, redis_prefix: str, session_id: str, began: float, every: float) -> None:
+    """Return once a stop was asked for the session after ``began``, looking every ``every`` seconds (Redis
+    away: the reply goes on, and it is looked for again).
+
+    redis-py 8.1 swallows a cancellation that arrives mid-command about one time in five (the command returns
+    and the task goes on: tests/test_responder.py shows it): the loop checks for one itself, or a reply that
+    cancels its watcher when it ends would wait for it forever.
+    """
+    task = asyncio.current_task()
+    while True:
+        try:
+            if await stopped_since(redis, redis_prefix, session_id, began):
+                return
+        except (RedisError, OSError) as exc:
+            log.info("could not read the stop of session %s (%r)", session_id, exc)
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError("the stop watcher was cancelled during a Redis command")
+        await asyncio.sleep(every)

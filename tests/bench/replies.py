@@ -72,7 +72,7 @@ def _summary(runs: list[tuple[float, int, float]], wall: float) -> Result:
 
 async def replies(stack: Stack, concurrency: list[int], max_tokens: int) -> Result:
     out: dict[str, Any] = {"max_tokens": max_tokens, "prompt": PROMPT, "runs": {}}
-    slm_context = private_slm(stack.settings)
+    slm_context = private_slm(stack.settings, threads=2)  # as make run SLM=1 runs it
     slm = await asyncio.to_thread(slm_context.__enter__)
     try:
         with stack.slice("replies") as iso:

@@ -114,13 +114,14 @@ def private_jaeger(settings: Settings) -> Iterator[JaegerServer]:
 
 
 @contextmanager
-def private_slm(settings: Settings) -> Iterator[SlmServer]:
-    """llama.cpp's server with the small model, of the test's own (built by ``make tools``)."""
+def private_slm(settings: Settings, threads: int = 1) -> Iterator[SlmServer]:
+    """llama.cpp's server with the small model, of the test's own (built by ``make tools``); one thread by
+    default: ggml's threads spin while they wait for each other, which a busy suite pays for (the bench asks
+    for two, as ``make run SLM=1`` runs it)."""
     with _running(
-        # one thread: ggml's threads spin while they wait for each other, which a busy suite pays for
         settings,
         "slm",
-        lambda home: SlmServer("127.0.0.1", free_port(), home, settings.cache_dir, threads=1),
+        lambda home: SlmServer("127.0.0.1", free_port(), home, settings.cache_dir, threads=threads),
     ) as server:
         yield server
 
