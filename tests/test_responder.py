@@ -82,6 +82,14 @@ async def worker(iso_module: Isolated, slm: SlmServer, stt: SttServer, artifacts
         yield worker
 
 
+def session_events(dsn: str, session: str) -> list[dict[str, Any]]:
+    """The session's stored events, in seq order."""
+    return [
+        r["payload"]
+        for r in query(dsn, "SELECT payload FROM session_events WHERE session_id = %s ORDER BY seq", (session,))
+    ]
+
+
 def check_reply(events: list[dict[str, Any]], request_id: str) -> dict[str, Any]:
     """The reply to ``request_id`` among ``events`` (in seq order): its deltas 0..n-1 of one stream, then one final
     whose text is their concatenation; the final."""
@@ -133,12 +141,7 @@ async def test_a_message_is_answered_with_deltas_then_one_final_on_websocket_and
     assert [e["seq"] for e in on_ws] == list(range(1, len(on_ws) + 1))
     assert on_sse == on_ws  # the same events, in the same order, on both transports
     # stored once: exactly one final for the message in PostgreSQL, as streamed
-    rows = query(
-        iso_module.settings.postgres_dsn,
-        "SELECT payload FROM session_events WHERE session_id = %s ORDER BY seq",
-        (session,),
-    )
-    assert [r["payload"] for r in rows] == on_ws
+    assert session_events(iso_module.settings.postgres_dsn, session) == on_ws
     assert final["role"] == "assistant" and final["metadata"]["model"] == "smollm2"
     # counted on /metrics: the reply by the status of its final, its tokens
     async with aiohttp.ClientSession() as http, http.get(f"{worker.url}/metrics") as response:
@@ -204,10 +207,7 @@ async def test_a_voice_message_is_transcribed_and_answered(
     assert heard_hello_backbone(answer["transcript"]), answer
     dsn = iso_module.settings.postgres_dsn
     await wait_finals(worker, dsn, session, 1, timeout=REPLY_WITHIN)
-    stored = [
-        r["payload"]
-        for r in query(dsn, "SELECT payload FROM session_events WHERE session_id = %s ORDER BY seq", (session,))
-    ]
+    stored = session_events(dsn, session)
     assert stored[0]["event_id"] == answer["event_id"] and stored[0]["metadata"]["source"] == "voice"
     assert stored[0]["message"] == answer["transcript"]
     check_reply(stored, answer["event_id"])
@@ -263,10 +263,7 @@ async def test_a_client_stops_a_reply_by_post_or_on_its_websocket_and_the_final_
         assert {"type": "ack", "ref": "s"}.items() <= next(e for e in seen if e.get("ref") == "s").items()
     for session in (by_post, by_ws):
         (final,) = await wait_finals(worker, dsn, session, 1, timeout=REPLY_WITHIN)
-        events = [
-            r["payload"]
-            for r in query(dsn, "SELECT payload FROM session_events WHERE session_id = %s ORDER BY seq", (session,))
-        ]
+        events = session_events(dsn, session)
         stopped = [e for e in events if e["type"] == "assistant.delta"]
         assert final["metadata"]["status"] == "stopped", final["metadata"]
         assert final["message"] == "".join(d["message"] for d in stopped)
@@ -279,7 +276,6 @@ async def test_a_worker_killed_mid_reply_leaves_exactly_one_final_after_a_restar
     env = responder_env(iso, slm, SOMA_SLM_MAX_TOKENS="64", SOMA_KAFKA_SESSION_TIMEOUT_SECONDS="6")
     dsn = iso.settings.postgres_dsn
     session = f"reply-kill-{uuid.uuid4().hex[:8]}"
-    events = "SELECT payload FROM session_events WHERE session_id = %s ORDER BY seq"
     first = Worker(env, artifacts / "logs" / f"responder-kill-a-{iso.tag}.log")
     await first.started()
     await first.wait_http()
@@ -293,13 +289,13 @@ async def test_a_worker_killed_mid_reply_leaves_exactly_one_final_after_a_restar
         # the model paused (SIGSTOP) so that the reply is surely mid-way when its worker dies, however fast
         # or slow the machine writes
         os.kill(pid, signal.SIGSTOP)
-        assert not [r for r in query(dsn, events, (session,)) if r["payload"]["type"] == "assistant.final"]
+        assert not [e for e in session_events(dsn, session) if e["type"] == "assistant.final"]
     finally:
         await first.killed()
         os.kill(pid, signal.SIGCONT)
     async with running(env, artifacts / "logs" / f"responder-kill-b-{iso.tag}.log") as second:
         await wait_finals(second, dsn, session, 1, timeout=REPLY_WITHIN + 60)
-    stored = [r["payload"] for r in query(dsn, events, (session,))]
+    stored = session_events(dsn, session)
     finals_stored = [e for e in stored if e["type"] == "assistant.final"]
     assert len(finals_stored) == 1
     final = finals_stored[0]
@@ -329,10 +325,7 @@ async def test_a_tool_call_round_trips_through_the_executor_and_the_model_answer
         )
         assert status == 202, answer
         await wait_finals(worker, dsn, session, 1, timeout=REPLY_WITHIN)
-    stored = [
-        r["payload"]
-        for r in query(dsn, "SELECT payload FROM session_events WHERE session_id = %s ORDER BY seq", (session,))
-    ]
+    stored = session_events(dsn, session)
     (request,) = [e for e in stored if e["type"] == "tool.request"]
     (result,) = [e for e in stored if e["type"] == "tool.result"]
     assert request["tool_name"] == "echo" and isinstance(request["args"], dict)
@@ -371,10 +364,7 @@ async def test_a_model_server_killed_mid_reply_is_asked_again_on_a_new_stream(
     # started again on its port (meanwhile the new attempt finds it unreachable and waits with backoff)
     await asyncio.to_thread(slm.up)
     (final,) = await wait_finals(worker, dsn, session, 1, timeout=REPLY_WITHIN)
-    stored = [
-        r["payload"]
-        for r in query(dsn, "SELECT payload FROM session_events WHERE session_id = %s ORDER BY seq", (session,))
-    ]
+    stored = session_events(dsn, session)
     request_id = posted["event_id"]
     (notice,) = [e for e in stored if e["type"] == "system.notice"]
     assert notice["metadata"] == {
@@ -446,10 +436,7 @@ async def test_a_late_joiner_gets_the_reply_so_far_in_one_frame_and_after_the_fi
         assert [f["type"] for f in history] == ["user.message", "assistant.delta"], history
         so_far = history[1]
         assert so_far["folded"] == [2, so_far["seq"]]
-        stored = [
-            r["payload"]
-            for r in query(dsn, "SELECT payload FROM session_events WHERE session_id = %s ORDER BY seq", (session,))
-        ]
+        stored = session_events(dsn, session)
         folded = [e for e in stored if 2 <= e["seq"] <= so_far["seq"]]
         assert {e["type"] for e in folded} == {"assistant.delta"} and len(folded) >= 3
         assert so_far["message"] == "".join(e["message"] for e in folded)
